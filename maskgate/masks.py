@@ -1,0 +1,58 @@
+"""Mask groups as COCO RLE, decoded and encoded by pycocotools.
+
+Rows carry masks as compressed RLE strings; every mask inside the pipeline is at the size of its
+own image. A group is a list of masks; comparisons between groups use the union of their masks.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+
+class BadMask(ValueError):
+    """An RLE that pycocotools cannot decode, or one of the wrong size."""
+
+
+def decode(counts: str | bytes, height: int, width: int) -> np.ndarray:
+    """Decode one compressed RLE into a (height, width) bool array."""
+    if isinstance(counts, str):
+        counts = counts.encode("ascii")
+    rle = {"size": [int(height), int(width)], "counts": counts}
+    try:
+        m = mask_utils.decode(rle)
+    except Exception as e:  # pycocotools raises bare Exceptions or segfault-free garbage checks
+        raise BadMask(f"RLE does not decode: {e}") from None
+    if m.shape != (height, width):
+        raise BadMask(f"RLE decodes to {m.shape}, expected {(height, width)}")
+    if int(mask_utils.area(rle)) != int(m.sum()):
+        raise BadMask("RLE counts do not add up to the mask size")
+    return m.astype(bool)
+
+
+def encode(mask: np.ndarray) -> str:
+    """Encode a bool (h, w) array as a compressed RLE string."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return rle["counts"].decode("ascii")
+
+
+def resize(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize, so a mask stays binary."""
+    if mask.shape == (height, width):
+        return mask
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(img.resize((width, height), Image.Resampling.NEAREST)) > 127
+
+
+def union(masks: list[np.ndarray]) -> np.ndarray:
+    return np.logical_or.reduce(masks)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.logical_and(a, b).sum()
+    uni = np.logical_or(a, b).sum()
+    return float(inter / uni) if uni else 1.0
+
+
+def decode_group(group: list[str], height: int, width: int) -> list[np.ndarray]:
+    return [decode(c, height, width) for c in group]

@@ -1,0 +1,110 @@
+"""Parquet tables and shards written atomically, read back with `datasets` or pyarrow.
+
+Stage outputs are folders of a few large parquet files (DVC slows badly on many small files).
+A folder is built under a temporary name and renamed into place at the end, so an interrupted
+stage never leaves a half-written output where DVC would cache it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROW_GROUP = 256
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder; on success it replaces `path`, on failure it is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(obj, path: Path) -> None:
+    """Pretty, key-sorted JSON (git diffs read well), written to a temporary name first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def write_table(records: list[dict], path: Path, schema: pa.Schema) -> None:
+    pq.write_table(pa.Table.from_pylist(records, schema=schema), path, row_group_size=ROW_GROUP)
+
+
+class ShardWriter:
+    """Writes records into `{prefix}-00000.parquet`, `-00001`, ... of `shard_size` records each."""
+
+    def __init__(self, folder: Path, prefix: str, schema: pa.Schema, shard_size: int):
+        self.folder, self.prefix, self.schema, self.shard_size = Path(folder), prefix, schema, shard_size
+        self.index, self.in_shard, self.writer, self.buffer, self.paths = 0, 0, None, [], []
+
+    def add(self, record: dict) -> None:
+        if self.writer is None:
+            path = self.folder / f"{self.prefix}-{self.index:05d}.parquet"
+            self.writer, self.in_shard = pq.ParquetWriter(path, self.schema), 0
+            self.paths.append(path)
+        self.buffer.append(record)
+        self.in_shard += 1
+        if len(self.buffer) >= ROW_GROUP:
+            self._flush()
+        if self.in_shard >= self.shard_size:
+            self._close_shard()
+
+    def _flush(self) -> None:
+        if self.buffer:
+            self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=self.schema))
+            self.buffer = []
+
+    def _close_shard(self) -> None:
+        self._flush()
+        self.writer.close()
+        self.writer, self.index = None, self.index + 1
+
+    def close(self) -> list[Path]:
+        if self.writer is not None:
+            self._close_shard()
+        return self.paths
+
+
+def write_shards(records: Iterable[dict], folder: Path, prefix: str, schema: pa.Schema, shard_size: int) -> list[Path]:
+    w = ShardWriter(folder, prefix, schema, shard_size)
+    for r in records:
+        w.add(r)
+    return w.close()
+
+
+def shard_paths(folder: Path, prefix: str) -> list[Path]:
+    return sorted(Path(folder).glob(f"{prefix}-*.parquet"))
+
+
+def read_table(path: Path, columns: list[str] | None = None) -> list[dict]:
+    return pq.read_table(path, columns=columns).to_pylist()
+
+
+def iter_shards(folder: Path, prefix: str, columns: list[str] | None = None) -> Iterator[dict]:
+    """Records of every shard in order, one row group in memory at a time."""
+    for path in shard_paths(folder, prefix):
+        f = pq.ParquetFile(path)
+        for i in range(f.num_row_groups):
+            yield from f.read_row_group(i, columns=columns).to_pylist()

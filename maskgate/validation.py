@@ -1,0 +1,158 @@
+"""Check raw MaskGroups rows one by one; a row that fails is skipped with a named reason.
+
+A valid row becomes a `Row`: its query, its image name and size, and its ground-truth groups as
+compressed RLE strings at the image's own size (group 0 is the one the query names).
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from maskgate import masks
+from maskgate.overlay import decode_image
+from maskgate.sources import ImageMissing, RawError, safe_name
+
+MAX_QUERY_CHARS = 1000  # far past any real query; longer text is broken input, not a query
+
+
+@dataclass(frozen=True)
+class Row:
+    row_id: str
+    image: str
+    query: str
+    height: int
+    width: int
+    groups: list[list[str]]  # groups[0] answers the query
+
+
+class BadRow(ValueError):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+def query_of(row: dict) -> str:
+    """The query: the first human turn's text after the `<mask_pool>` placeholder."""
+    conv = row.get("conversations")
+    if not isinstance(conv, list):
+        raise BadRow("bad_row", "conversations is missing or not a list")
+    human = next((t for t in conv if isinstance(t, dict) and t.get("from") == "human"), None)
+    if human is None or not isinstance(human.get("value"), str):
+        raise BadRow("bad_row", "no human turn with a text value")
+    text = human["value"]
+    text = text.split("<mask_pool>", 1)[1] if "<mask_pool>" in text else text.replace("<image>", "")
+    text = text.strip()
+    if "<mask-ref>" in text:
+        raise BadRow("mask_ref_query", "queries with a reference mask are not handled yet")
+    if not text:
+        raise BadRow("empty_query")
+    if len(text) > MAX_QUERY_CHARS:
+        raise BadRow("query_too_long", f"{len(text)} characters")
+    return re.sub(r"\s+", " ", text)
+
+
+@dataclass
+class ImageChecker:
+    """Decodes each image once, however many rows name it, and remembers the outcome."""
+    store: object
+    seen: dict = field(default_factory=dict)
+
+    def size(self, name: str) -> tuple[int, int]:
+        if name not in self.seen:
+            self.seen[name] = self._check(name)
+        result = self.seen[name]
+        if isinstance(result, BadRow):
+            raise result
+        return result
+
+    def _check(self, name: str):
+        try:
+            data = self.store.read(name)
+        except ImageMissing:
+            return BadRow("missing_image", name)
+        try:
+            img = decode_image(data)
+        except Exception as e:  # PIL raises many types for broken files; all mean "not an image"
+            return BadRow("undecodable_image", f"{name}: {type(e).__name__}: {e}")
+        if img.width == 0 or img.height == 0:
+            return BadRow("undecodable_image", f"{name}: zero size")
+        return img.height, img.width
+
+
+def _rle_of(pool: list, index: object, height: int, width: int, policy: str, stats: Counter) -> str:
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(pool):
+        raise BadRow("index_out_of_range", f"index {index!r} into a pool of {len(pool)}")
+    rle = pool[index]
+    if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
+        raise BadRow("bad_rle", f"mask {index} is not a {{size, counts}} dict")
+    try:
+        h, w = (int(v) for v in rle["size"])
+        counts = rle["counts"]
+        if not isinstance(counts, (str, bytes)):
+            raise BadRow("bad_rle", f"mask {index}: counts must be a compressed RLE string")
+        m = masks.decode(counts, h, w)
+    except masks.BadMask as e:
+        raise BadRow("bad_rle", f"mask {index}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise BadRow("bad_rle", f"mask {index}: size {rle['size']!r}: {e}") from None
+    if (h, w) == (height, width):
+        return counts if isinstance(counts, str) else counts.decode("ascii")
+    same_shape = abs(h / w - height / width) < 0.01 * (height / width)
+    if policy != "rescale" or not same_shape:
+        raise BadRow("mask_size_mismatch", f"mask {index} is {h}x{w}, image is {height}x{width}")
+    stats["masks_rescaled"] += 1
+    return masks.encode(masks.resize(m, height, width))
+
+
+def validate(raw: dict, images: ImageChecker, policy: str, stats: Counter) -> Row:
+    """A `Row`, or BadRow naming the first thing wrong with it."""
+    if not isinstance(raw, dict):
+        raise BadRow("bad_row", "not an object")
+    row_id = raw.get("id")
+    if row_id is None or str(row_id).strip() == "":
+        raise BadRow("bad_row", "no id")
+    query = query_of(raw)
+    name = safe_name(raw.get("image"))
+    if name is None:
+        raise BadRow("unsafe_image_name", repr(raw.get("image")))
+    height, width = images.size(name)
+    pool, groups = raw.get("gt_mask_pool"), raw.get("gt_mask_group")
+    if not isinstance(pool, list) or not isinstance(groups, list) or not groups:
+        raise BadRow("no_group", "gt_mask_pool / gt_mask_group missing or empty")
+    checked = []
+    for g in groups:
+        if not isinstance(g, list) or not g:
+            raise BadRow("empty_group")
+        checked.append([_rle_of(pool, i, height, width, policy, stats) for i in g])
+    if not masks.union(masks.decode_group(checked[0], height, width)).any():
+        raise BadRow("empty_group", "the named group covers no pixel")
+    return Row(str(row_id), name, query, height, width, checked)
+
+
+def validate_all(raws: Iterable[dict | RawError], store, policy: str, progress=None) -> tuple[list[Row], dict, Counter]:
+    """Valid rows, skipped counts by reason, and other counts (rows_in, masks_rescaled).
+
+    Duplicate ids: the first row keeps the id, later ones are skipped as `duplicate_id`.
+    """
+    images = ImageChecker(store)
+    rows, skipped, stats, ids = [], Counter(), Counter(), set()
+    examples: dict[str, str] = {}
+    for i, raw in enumerate(raws):
+        stats["rows_in"] += 1
+        if progress is not None:
+            progress.update(1)
+        try:
+            if isinstance(raw, RawError):
+                raise BadRow(raw.reason, f"{raw.where}: {raw.detail}")
+            row = validate(raw, images, policy, stats)
+            if row.row_id in ids:
+                raise BadRow("duplicate_id", row.row_id)
+            ids.add(row.row_id)
+            rows.append(row)
+        except BadRow as e:
+            skipped[e.reason] += 1
+            where = raw.where if isinstance(raw, RawError) else f"row {i} (id {raw.get('id') if isinstance(raw, dict) else '?'})"
+            examples.setdefault(e.reason, f"{where}: {e}")
+    return rows, {"counts": dict(sorted(skipped.items())), "examples": dict(sorted(examples.items()))}, stats

@@ -1,0 +1,29 @@
+"""Stage negatives: each positive (query, correct group) plus 3-6 wrong groups (hard and easy)."""
+import argparse
+import sys
+
+from maskgate.negatives import build
+from maskgate.params import load_params
+from maskgate.tables import write_json
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--prepared", default="data/prepared")
+    ap.add_argument("--out", default="data/negatives")
+    ap.add_argument("--report", default="reports/negatives.json")
+    args = ap.parse_args()
+    params = load_params(args.params)
+    try:
+        report = build(args.prepared, args.out, params["negatives"], int(params["seed"]))
+    except ValueError as e:
+        print(f"negatives failed: {e}", file=sys.stderr)
+        return 1
+    write_json(report, args.report)
+    print(f"negatives: {report['examples']} examples, kinds {report['kinds']}, refused by IoU {report['refused_iou']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

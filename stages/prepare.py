@@ -1,0 +1,28 @@
+"""Stage prepare: MaskGroups rows (hub, local or demo) -> validated rows split 90/10 by image."""
+import argparse
+import sys
+
+from maskgate.params import load_params
+from maskgate.prepare import TooManyBadRows, prepare
+from maskgate.tables import write_json
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out", default="data/prepared")
+    ap.add_argument("--report", default="reports/prepare.json")
+    args = ap.parse_args()
+    params = load_params(args.params)
+    try:
+        report = prepare(params, args.out)
+    except (TooManyBadRows, FileNotFoundError, ValueError) as e:
+        print(f"prepare failed: {e}", file=sys.stderr)
+        return 1
+    write_json(report, args.report)
+    print(f"prepare: {report['rows_in']} rows in, kept {report['kept']}, skipped {report['skipped']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

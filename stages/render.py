@@ -1,0 +1,30 @@
+"""Stage render: every example's overlay (image + candidate group) and prompt, in parquet shards."""
+import argparse
+import sys
+
+from maskgate.params import load_params
+from maskgate.render import render
+from maskgate.tables import write_json
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--prepared", default="data/prepared")
+    ap.add_argument("--negatives", default="data/negatives")
+    ap.add_argument("--out", default="data/rendered")
+    ap.add_argument("--report", default="reports/render.json")
+    args = ap.parse_args()
+    params = load_params(args.params)
+    try:
+        report = render(args.prepared, args.negatives, args.out, params)
+    except ValueError as e:
+        print(f"render failed: {e}", file=sys.stderr)
+        return 1
+    write_json(report, args.report)
+    print(f"render: {report['examples']} overlays at {report['size']} px in {report['shards']} shards")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
