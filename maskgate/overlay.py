@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from pycocotools import mask as coco_mask
 
 from maskgate import masks as mask_utils
 
@@ -61,14 +62,85 @@ def letterbox_box(width: int, height: int, size: int) -> tuple[int, int, int, in
     return (size - nw) // 2, (size - nh) // 2, nw, nh
 
 
-def letterbox(img: Image.Image, size: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """The image scaled into a size x size canvas (uint8 HxWx3) and where it sits."""
+def letterbox(img: Image.Image, size: int) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """The image scaled into a size x size canvas and where it sits (left, top, width, height)."""
     box = letterbox_box(img.width, img.height, size)
     left, top, nw, nh = box
-    canvas = np.empty((size, size, 3), np.uint8)
-    canvas[:] = PAD_COLOR
-    canvas[top:top + nh, left:left + nw] = np.asarray(img.resize((nw, nh), Image.Resampling.BILINEAR))
+    canvas = Image.new("RGB", (size, size), PAD_COLOR)
+    canvas.paste(img.resize((nw, nh), Image.Resampling.BILINEAR), (left, top))
     return canvas, box
+
+
+class Canvas:
+    """One letterboxed image, ready to take many candidate groups.
+
+    The tinted copy (the whole picture blended with the fill colour) is made once per image;
+    each group then copies it through its own mask, inside the group's bounding box only, so
+    the per-candidate cost is the mask work and the JPEG encode.
+    """
+
+    def __init__(self, image: Image.Image, style: Style):
+        self.style = style
+        base, self.box = letterbox(image, style.size)
+        a = style.fill_alpha
+        # The alpha blend as a per-channel lookup table: one pass in C, several times faster than Image.blend.
+        tinted = base.point([int(v * (1 - a) + c * a + 0.5) for c in style.fill_color for v in range(256)])
+        self.base, self.tinted = _packed(base), _packed(tinted)
+        self.outline = _packed(Image.new("RGB", (1, 1), style.outline_color))[0, 0]
+        self._pieces: dict[str, Piece | None] = {}
+
+    def piece(self, counts: str, height: int, width: int) -> "Piece | None":
+        """A mask ready to draw, prepared once per image however many groups share it."""
+        if counts not in self._pieces:
+            _, _, nw, nh = self.box
+            self._pieces[counts] = Piece.of(counts, height, width, nh, nw, self.style.outline_width)
+        return self._pieces[counts]
+
+    def draw(self, pieces: list["Piece | None"]) -> np.ndarray:
+        """Fill the union of the group, then outline each mask; packed pixels (see `_packed`)."""
+        left, top, nw, nh = self.box
+        out = self.base.copy()
+        view, tinted = out[top:top + nh, left:left + nw], self.tinted[top:top + nh, left:left + nw]
+        pieces = [p for p in pieces if p is not None]  # an empty mask draws nothing
+        for p in pieces:
+            np.copyto(view[p.crop], tinted[p.crop], where=p.inside)
+        for p in pieces:  # outlines after all fills, so a neighbour's fill never covers them
+            view[p.crop][p.edge] = self.outline
+        return out
+
+    def render(self, group_counts: list[str], height: int, width: int) -> bytes:
+        return encode_jpeg(self.draw([self.piece(c, height, width) for c in group_counts]), self.style.jpeg_quality)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One mask scaled to the letterboxed size and cut to its bounding box (plus one pixel):
+    where to fill and where to outline. None stands for a mask with no pixel."""
+    crop: tuple[slice, slice]
+    inside: np.ndarray  # (h, w) bool
+    edge: np.ndarray  # (h, w) bool
+
+    @classmethod
+    def of(cls, counts: str, height: int, width: int, nh: int, nw: int, outline_width: int) -> "Piece | None":
+        """Nearest-neighbour scaling of the RLE's box only: the pixel centre of each output
+        pixel picks its source pixel, so the full-size scaled mask is never built."""
+        full = mask_utils.decode(counts, height, width, check=False)  # checked in prepare
+        x, y, w, h = (int(v) for v in coco_mask.toBbox({"size": [height, width], "counts": counts.encode()}))
+        if w == 0 or h == 0:
+            return None
+        rows = ((np.arange(nh) + 0.5) * (height / nh)).astype(np.intp)
+        cols = ((np.arange(nw) + 0.5) * (width / nw)).astype(np.intp)
+        r0, r1 = np.searchsorted(rows, y) - 1, np.searchsorted(rows, y + h) + 1
+        c0, c1 = np.searchsorted(cols, x) - 1, np.searchsorted(cols, x + w) + 1
+        r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, nh), min(c1, nw)
+        m = np.ascontiguousarray(full.take(rows[r0:r1], axis=0).take(cols[c0:c1], axis=1))
+        return cls((slice(r0, r1), slice(c0, c1)), m, _boundary(m, outline_width))  # image edge counts as boundary
+
+
+def _packed(img: Image.Image) -> np.ndarray:
+    """RGB pixels as one uint32 each (RGBX bytes): a masked copy then moves one word per pixel,
+    about twenty times faster than three bytes broadcast over a channel axis."""
+    return np.frombuffer(img.tobytes("raw", "RGBX"), np.uint32).reshape(img.height, img.width).copy()
 
 
 def _boundary(mask: np.ndarray, width: int) -> np.ndarray:
@@ -86,40 +158,20 @@ def _boundary(mask: np.ndarray, width: int) -> np.ndarray:
     return mask & ~eroded
 
 
-def _crop_box(mask: np.ndarray, pad: int) -> tuple[slice, slice] | None:
-    rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
-    if not rows.any():
-        return None
-    r0, r1 = np.argmax(rows), len(rows) - np.argmax(rows[::-1])
-    c0, c1 = np.argmax(cols), len(cols) - np.argmax(cols[::-1])
-    return slice(max(0, r0 - pad), r1 + pad), slice(max(0, c0 - pad), c1 + pad)
+def unpacked(packed: np.ndarray) -> Image.Image:
+    """An RGBX image sharing the packed pixels' memory (JPEG writes it as plain RGB)."""
+    return Image.frombuffer("RGBX", (packed.shape[1], packed.shape[0]), packed, "raw", "RGBX", 0, 1)
 
 
-def draw_group(canvas: np.ndarray, box: tuple[int, int, int, int], group: list[np.ndarray], style: Style) -> np.ndarray:
-    """Fill the union of the group, then outline each mask, on a copy of the letterboxed canvas."""
-    left, top, nw, nh = box
-    out = canvas.copy()
-    view = out[top:top + nh, left:left + nw]
-    scaled = [mask_utils.resize(m, nh, nw) for m in group]
-    fill = np.logical_or.reduce(scaled) if scaled else np.zeros((nh, nw), bool)
-    a = style.fill_alpha
-    view[fill] = (view[fill] * (1.0 - a) + np.asarray(style.fill_color) * a + 0.5).astype(np.uint8)
-    for m in scaled:
-        crop = _crop_box(m, 1)
-        if crop is None:
-            continue
-        edge = _boundary(m[crop], style.outline_width)  # pixels on the image edge count as boundary
-        view[crop][edge] = style.outline_color
-    return out
-
-
-def encode_jpeg(canvas: np.ndarray, quality: int) -> bytes:
+def encode_jpeg(pixels: np.ndarray | Image.Image, quality: int) -> bytes:
+    """JPEG bytes of an image or of packed pixels."""
+    img = pixels if isinstance(pixels, Image.Image) else unpacked(pixels)
     buf = io.BytesIO()
-    Image.fromarray(canvas).save(buf, format="JPEG", quality=quality)
+    img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 
-def render_overlay(image: Image.Image, group: list[np.ndarray], style: Style) -> bytes:
-    """JPEG bytes of `image` letterboxed to style.size with `group` drawn on it. No label here."""
-    canvas, box = letterbox(image, style.size)
-    return encode_jpeg(draw_group(canvas, box, group, style), style.jpeg_quality)
+def render_overlay(image: Image.Image, group: list[str], style: Style) -> bytes:
+    """JPEG bytes of `image` letterboxed to style.size with `group` (compressed RLE strings at
+    the image's size) drawn on it. No label here."""
+    return Canvas(image, style).render(group, image.height, image.width)

@@ -18,9 +18,9 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
-from maskgate import masks, tables
+from maskgate import tables
 from maskgate.negatives import EXAMPLE_SCHEMA
-from maskgate.overlay import Style, decode_image, draw_group, encode_jpeg, letterbox
+from maskgate.overlay import Canvas, Style, decode_image
 from maskgate.prepare import SPLITS
 from maskgate.prompt import Prompt
 
@@ -33,9 +33,8 @@ IMAGES_PER_BATCH = 64  # images handed to the pool at once; bounds memory on lar
 
 def render_image(image_bytes: bytes, groups: list[list[str]], height: int, width: int, style: Style) -> list[bytes]:
     """JPEG overlays of several candidate groups on one image, decoding the image once."""
-    canvas, box = letterbox(decode_image(image_bytes), style.size)
-    return [encode_jpeg(draw_group(canvas, box, masks.decode_group(g, height, width), style), style.jpeg_quality)
-            for g in groups]
+    canvas = Canvas(decode_image(image_bytes), style)
+    return [canvas.render(g, height, width) for g in groups]
 
 
 def _job(args):

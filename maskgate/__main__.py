@@ -1,0 +1,5 @@
+import sys
+
+from maskgate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,92 @@
+"""The data half through DVC itself, in a throw-away git repository: demo data and real rows."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maskgate import masks, tables
+from tests.conftest import REALDATA, ROOT
+
+pytestmark = pytest.mark.slow
+DATA_STAGES = ("prepare", "negatives", "render")
+
+
+def sh(*cmd, cwd):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p.stdout
+
+
+def project_copy(tmp: Path) -> Path:
+    """The project's committed and new files (not data, not the venv) in a fresh git repo."""
+    files = sh("git", "ls-files", "--cached", "--others", "--exclude-standard", cwd=ROOT).split()
+    repo = tmp / "repo"
+    for f in files:
+        if (ROOT / f).is_file() and not f.startswith(("data/prepared", "data/negatives", "data/rendered")):
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, repo / f)
+    sh("git", "init", "-q", cwd=repo)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A", cwd=repo)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=repo)
+    return repo
+
+
+def set_params(repo: Path, **dotted):
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    for key, value in dotted.items():
+        section, name = key.split("__")
+        p[section][name] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+
+
+def out_hashes(repo: Path) -> dict:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {o["path"]: o["md5"] for s in DATA_STAGES for o in lock["stages"][s]["outs"]}
+
+
+def check_outputs(repo: Path, max_iou: float):
+    import json
+    report = json.loads((repo / "reports/prepare.json").read_text())
+    assert set(report) >= {"rows_in", "kept", "skipped"} and set(report["kept"]) == {"train", "val"}
+    train = {r["image"] for r in tables.read_table(repo / "data/prepared/rows-train.parquet")}
+    val = {r["image"] for r in tables.read_table(repo / "data/prepared/rows-val.parquet")}
+    assert train and val and not train & val
+    neg = json.loads((repo / "reports/negatives.json").read_text())
+    assert set(neg) >= {"refused_iou", "kinds"}
+    first = {}
+    overlays = {}
+    for split in ("train", "val"):
+        for e in tables.iter_shards(repo / "data/rendered", split):
+            union = masks.union(masks.decode_group(e["masks"], e["height"], e["width"]))
+            if e["kind"] == "positive":
+                first[e["row_id"]] = union
+            else:
+                assert masks.iou(first[e["row_id"]], union) < max_iou
+            key = (e["image"], tuple(sorted(e["masks"])))
+            overlays.setdefault(key, set()).add((e["label"], e["overlay"]))
+    mixed = [v for v in overlays.values() if {lab for lab, _ in v} == {0, 1}]
+    assert mixed and all(len({o for _, o in v}) == 1 for v in mixed)  # label-blind rendering
+    return report, neg
+
+
+@pytest.mark.parametrize("source", ["demo", "realdata"])
+def test_data_stages_through_dvc_are_byte_reproducible(tmp_path, source):
+    repo = project_copy(tmp_path)
+    if source == "demo":
+        set_params(repo, data__source="demo", data__demo_images=40, render__size=64)
+    else:
+        set_params(repo, data__source="local", data__path=str(REALDATA), render__size=224)
+    sh("dvc", "repro", "render", cwd=repo)
+    first = out_hashes(repo)
+    report, neg = check_outputs(repo, max_iou=0.9)
+    sh("dvc", "repro", "--force", "render", cwd=repo)
+    assert out_hashes(repo) == first
+    assert "up to date" in sh("dvc", "status", "render", cwd=repo)
+    if source == "realdata":
+        assert report["rows_in"] == 276 and report["skipped"] == {}
+        assert sum(neg["refused_iou"]["train"].values()) > 0  # realdata has same-group query pairs
