@@ -1,0 +1,316 @@
+"""Model presets, an offline tiny Qwen3-VL, and one loader for both.
+
+Why a tiny model: CI and the demo run on 2 CPU cores with no network, yet the code that trains and
+scores must be the code that runs on the GPU. So the tiny model uses the real transformers classes
+(`Qwen3VLForConditionalGeneration`, `Qwen3VLProcessor` with `Qwen2VLImageProcessor`,
+`Qwen2TokenizerFast`, `Qwen3VLVideoProcessor`) and the real chat template, with random weights and a
+small byte-level BPE tokenizer trained here. Everything is built from a seed, so the same seed and
+sizes give byte-identical files and a DVC stage that builds it is reproducible.
+
+The chat template is `maskgate/qwen3_vl.jinja`, a verbatim copy of trl 1.15's
+`trl/chat_templates/qwen3_vl.jinja` (the original Qwen3-VL template), shipped as package data so
+the tiny model does not depend on trl's file layout; tests check the copy still matches trl's.
+
+Why the image bounds: the project renders every image at one square size S, a multiple of 32, and
+the processor must keep it as is, so an image costs exactly (S/16)^2/4 tokens (patch 16, merge 2).
+The hub processor's minimum (256x256) would upscale small demo images, so `load` widens the bounds.
+
+Unsloth is never imported here at module level: on a machine without a GPU `import unsloth` patches
+transformers and trl into a CPU mode whose vision classes raise. `load_unsloth` is the GPU path only.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
+from tokenizers.models import BPE
+from transformers import (
+    Qwen2TokenizerFast,
+    Qwen2VLImageProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
+)
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+from maskgate.prompt import Prompt
+
+
+@dataclass(frozen=True)
+class Preset:
+    hub_id: str | None  # for the transformers path
+    unsloth_id: str | None  # for the unsloth path (pre-quantised 4-bit weights)
+
+
+PRESETS = {
+    "qwen3-vl-8b": Preset("Qwen/Qwen3-VL-8B-Instruct", "unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit"),
+    "tiny": Preset(None, None),  # built locally by build_tiny; load the folder it wrote
+}
+
+PATCH_SIZE = 16
+MERGE_SIZE = 2
+MIN_PIXELS = (PATCH_SIZE * MERGE_SIZE) ** 2  # one merged token: no small image is upscaled
+MAX_PIXELS = 4096 * 4096  # the hub processor's own upper bound
+
+SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+# Generic English for the tiny tokenizer, so arbitrary referring expressions split into word-sized
+# pieces rather than bytes. Fixed here (not read from the system) so the build is reproducible.
+_WORDS = """
+the a an and or but not no of in on at to from with without by for as is are was were be been
+this that these those it its they them their there here which who whose what where when how all
+any both each every few many more most other some such only same than too very one two three four
+five six seven eight nine ten first second third last next left right top bottom middle center
+front back behind near far above below under over between beside inside outside around across
+along against next to close away up down side corner edge part half whole group pair set row
+person people man men woman women boy girl child children kid baby player rider skier surfer
+bicycle car motorcycle airplane bus train truck boat traffic light fire hydrant stop sign
+parking meter bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella
+handbag tie suitcase frisbee skis snowboard sports ball kite baseball bat glove skateboard
+surfboard tennis racket bottle wine glass cup fork knife spoon bowl banana apple sandwich orange
+broccoli carrot hot pizza donut cake chair couch potted plant bed dining table toilet tv laptop
+mouse remote keyboard cell phone microwave oven toaster sink refrigerator book clock vase
+scissors teddy hair drier toothbrush tree grass sky road street building wall window door floor
+ground water sea snow field fence house shirt hat jacket shoe plate food box bag sign pole
+red green blue yellow white black brown gray grey pink purple orange dark light bright small
+large big little tall short long wide narrow round square old young new empty full open closed
+standing sitting walking running lying holding wearing carrying riding eating looking playing
+facing leaning hanging parked covered made colored striped wooden metal plastic glass
+""".split()
+
+
+@dataclass(frozen=True)
+class TinySize:
+    """Size knobs of the tiny model; defaults are small so tests stay fast on 2 CPU cores."""
+
+    vocab_size: int = 2048  # BPE target; the model's vocabulary is the trained tokenizer's length
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    num_key_value_heads: int = 1
+    head_dim: int = 32
+    vision_hidden_size: int = 64
+    vision_intermediate_size: int = 128
+    vision_depth: int = 2
+    vision_num_heads: int = 2
+    deepstack_visual_indexes: tuple[int, ...] = (0,)  # vision layers feeding the first text layers
+    num_position_embeddings: int = 256  # a square: the learned 2-D position grid is 16 x 16
+
+    def __post_init__(self):
+        if self.head_dim % 2 or self.head_dim < 8:
+            raise ValueError(f"head_dim must be even and at least 8, got {self.head_dim}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+        if (self.vision_hidden_size // self.vision_num_heads) % 4 or self.vision_hidden_size % self.vision_num_heads:
+            raise ValueError("vision head dim (vision_hidden_size / vision_num_heads) must be a multiple of 4")
+        if any(not 0 <= i < self.vision_depth for i in self.deepstack_visual_indexes):
+            raise ValueError(f"deepstack_visual_indexes {self.deepstack_visual_indexes} must lie below vision_depth")
+        if len(self.deepstack_visual_indexes) > self.num_hidden_layers:
+            raise ValueError("more deepstack indexes than text layers: the extra ones would be ignored")
+        if round(self.num_position_embeddings**0.5) ** 2 != self.num_position_embeddings:
+            raise ValueError("num_position_embeddings must be a perfect square")
+
+
+def image_token_count(size: int) -> int:
+    """LLM image tokens for an S x S image under the bounds set here: (S/16)^2 / 4."""
+    if size % (PATCH_SIZE * MERGE_SIZE) or not MIN_PIXELS <= size * size <= MAX_PIXELS:
+        raise ValueError(f"image size must be a multiple of 32 between 32 and 4096, got {size}")
+    return (size // PATCH_SIZE) ** 2 // MERGE_SIZE**2
+
+
+def chat_template() -> str:
+    """The original Qwen3-VL chat template (copied from trl, see the module docstring)."""
+    return resources.files("maskgate").joinpath("qwen3_vl.jinja").read_text(encoding="utf-8")
+
+
+def mrope_section(head_dim: int) -> list[int]:
+    """Split head_dim/2 rotary frequencies over (time, height, width) in Qwen3-VL's 24:20:20 ratio."""
+    half = head_dim // 2
+    hw = half * 20 // 64
+    return [half - 2 * hw, hw, hw]
+
+
+def tiny_corpus(prompt: Prompt) -> list[str]:
+    """Texts the tiny tokenizer learns from: chat roles, the prompt, the answers, generic English.
+
+    The prompt and answers are repeated so BPE merges each answer into one token.
+    """
+    template_words = ["system", "user", "assistant", "Picture", "Video"]
+    prompt_texts = [prompt.system, prompt.user_text(" ".join(_WORDS[:12]))]
+    sentence = " ".join(_WORDS)  # so words also learn their space-prefixed form, as inside a query
+    return _WORDS + [sentence] * 3 + template_words * 50 + prompt_texts * 50 + list(prompt.answers) * 200
+
+
+def train_tokenizer(corpus: list[str], vocab_size: int) -> Qwen2TokenizerFast:
+    """A byte-level BPE with Qwen2's pre-tokenizer, wrapped as the real Qwen tokenizer class."""
+    bpe = Tokenizer(BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    model = json.loads(bpe.to_str())["model"]
+    return Qwen2TokenizerFast(
+        vocab=model["vocab"],
+        merges=[tuple(m) for m in model["merges"]],
+        eos_token="<|im_end|>",  # as Qwen3-VL-Instruct: a chat turn ends generation
+        pad_token="<|endoftext|>",
+        extra_special_tokens=list(SPECIAL_TOKENS[1:]),
+        model_max_length=262144,
+    )
+
+
+def _check_answers_single_token(tokenizer, answers: tuple[str, ...]) -> None:
+    for answer in answers:
+        ids = tokenizer(answer, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise ValueError(f"tiny tokenizer splits answer {answer!r} into {len(ids)} tokens; raise vocab_size")
+
+
+def tiny_config(size: TinySize, tokenizer) -> Qwen3VLConfig:
+    """A Qwen3-VL config of the given size whose token ids come from `tokenizer`."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_hidden_layers,
+        num_attention_heads=size.num_attention_heads,
+        num_key_value_heads=size.num_key_value_heads,
+        head_dim=size.head_dim,
+        max_position_embeddings=262144,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 5_000_000.0,
+            "mrope_section": mrope_section(size.head_dim),
+            "mrope_interleaved": True,
+        },
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    vision = dict(
+        depth=size.vision_depth,
+        hidden_size=size.vision_hidden_size,
+        intermediate_size=size.vision_intermediate_size,
+        num_heads=size.vision_num_heads,
+        patch_size=PATCH_SIZE,
+        spatial_merge_size=MERGE_SIZE,
+        out_hidden_size=size.hidden_size,
+        deepstack_visual_indexes=list(size.deepstack_visual_indexes),
+        num_position_embeddings=size.num_position_embeddings,
+    )
+    return Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+
+
+def set_image_bounds(processor: Qwen3VLProcessor) -> Qwen3VLProcessor:
+    """Keep any S x S image with S a multiple of 32 (up to 4096) at its size: see the module docstring."""
+    processor.image_processor.size = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
+    return processor
+
+
+def tiny_processor(prompt: Prompt, vocab_size: int) -> Qwen3VLProcessor:
+    """The real processor classes around a tokenizer trained on `tiny_corpus(prompt)`."""
+    tokenizer = train_tokenizer(tiny_corpus(prompt), vocab_size)
+    _check_answers_single_token(tokenizer, prompt.answers)
+    image_processor = Qwen2VLImageProcessor(
+        patch_size=PATCH_SIZE,
+        temporal_patch_size=2,
+        merge_size=MERGE_SIZE,
+        image_mean=[0.5, 0.5, 0.5],  # as Qwen3-VL's preprocessor_config.json
+        image_std=[0.5, 0.5, 0.5],
+        min_pixels=MIN_PIXELS,
+        max_pixels=MAX_PIXELS,
+    )
+    return Qwen3VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(),
+        chat_template=chat_template(),
+    )
+
+
+def build_tiny(out_dir: str | Path, prompt: Prompt, seed: int = 0, **size) -> None:
+    """Save a random tiny Qwen3-VL (safetensors) and its processor to `out_dir`.
+
+    `size` holds TinySize fields. The same prompt, seed and sizes give byte-identical files.
+    """
+    tiny = TinySize(**size)
+    processor = tiny_processor(prompt, tiny.vocab_size)
+    config = tiny_config(tiny, processor.tokenizer)
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "tiny_size.json").write_text(json.dumps({"seed": seed, **asdict(tiny)}, indent=1) + "\n")
+
+
+def source(preset_or_dir: str | Path, backend: str = "transformers") -> str:
+    """A local folder as is, or the hub id of a preset for `backend` ("transformers" or "unsloth")."""
+    if Path(preset_or_dir).is_dir():
+        return str(preset_or_dir)
+    name = str(preset_or_dir)
+    if name not in PRESETS:
+        raise ValueError(f"{name!r} is neither a folder nor a preset ({', '.join(PRESETS)})")
+    hub_id = getattr(PRESETS[name], "unsloth_id" if backend == "unsloth" else "hub_id")
+    if hub_id is None:
+        raise ValueError(f"preset {name!r} is built locally: run build_tiny(out_dir, prompt), then load that folder")
+    return hub_id
+
+
+def load(preset_or_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """(model in eval mode, processor) from a folder or a preset, through transformers only."""
+    src = source(preset_or_dir)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(src, dtype=dtype, device_map=str(device))
+    processor = Qwen3VLProcessor.from_pretrained(src)
+    return model.eval(), set_image_bounds(processor)
+
+
+def load_unsloth(preset_or_dir: str | Path, load_in_4bit: bool = True):
+    """(model, processor) through Unsloth's FastVisionModel: the GPU path only.
+
+    Unsloth must be imported before transformers, so the GPU entry point imports it first; this
+    function refuses to run otherwise rather than import it late.
+    """
+    if "unsloth" not in sys.modules:
+        raise RuntimeError("load_unsloth needs `import unsloth` at the top of the GPU entry point, before transformers")
+    from unsloth import FastVisionModel
+
+    model, processor = FastVisionModel.from_pretrained(
+        source(preset_or_dir, backend="unsloth"),
+        load_in_4bit=load_in_4bit,
+        use_gradient_checkpointing="unsloth",
+    )
+    return model, set_image_bounds(processor)

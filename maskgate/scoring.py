@@ -1,0 +1,56 @@
+"""P(ACCEPT) for verifier examples from one forward pass each batch.
+
+Why not generate(): the verifier's answer is decided by its first token, so the score is the
+softmax over just the two first-token logits of ACCEPT and REJECT at the answer position
+(= sigmoid of their difference). That gives a continuous score for ROC curves and threshold
+choice, costs one forward pass, and needs only the last position's logits
+(`logits_to_keep=1`, left padding so the last position is the answer position in every row).
+If the two answers began with the same token the score would be meaningless, so that is checked
+before any forward pass.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from maskgate.batching import Example, answer_ids, scoring_batch
+from maskgate.prompt import Prompt
+
+
+def answer_first_ids(tokenizer, prompt: Prompt) -> tuple[int, int]:
+    """First token ids of the ACCEPT and REJECT answers; ValueError if they coincide."""
+    accept, reject = answer_ids(tokenizer, prompt.accept)[0], answer_ids(tokenizer, prompt.reject)[0]
+    if accept == reject:
+        token = tokenizer.convert_ids_to_tokens(accept)
+        raise ValueError(
+            f"answers {prompt.accept!r} and {prompt.reject!r} start with the same token {token!r}: "
+            "their first-token logits cannot tell them apart; change prompt.answers"
+        )
+    return accept, reject
+
+
+@torch.inference_mode()
+def score_batch(model, processor, prompt: Prompt, examples: list[Example], max_length: int) -> np.ndarray:
+    """P(ACCEPT) for one batch: one forward pass, last-position logits only. Model in eval mode."""
+    accept, reject = answer_first_ids(processor.tokenizer, prompt)
+    batch = scoring_batch(processor, prompt, examples, max_length).to(model.device)
+    logits = model(**batch, logits_to_keep=1, use_cache=False).logits[:, -1, [accept, reject]]
+    return torch.softmax(logits.float(), dim=-1)[:, 0].cpu().numpy().astype(np.float64)
+
+
+def score(
+    model, processor, prompt: Prompt, examples: list[Example], max_length: int, batch_size: int = 8, desc: str = "scoring"
+) -> np.ndarray:
+    """P(ACCEPT) for every example, in order, as float64; the model is put back in its prior mode."""
+    answer_first_ids(processor.tokenizer, prompt)  # fail before the first batch, not inside it
+    was_training = model.training
+    model.eval()
+    try:
+        parts = [
+            score_batch(model, processor, prompt, examples[start : start + batch_size], max_length)
+            for start in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch")
+        ]
+    finally:
+        model.train(was_training)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)

@@ -1,0 +1,85 @@
+"""Shared fixtures: the project's params, small MaskGroups folders made on the fly, real rows."""
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from maskgate import masks
+
+ROOT = Path(__file__).resolve().parents[1]
+REALDATA = ROOT.parent / "shared" / "realdata" / "coco-groups"
+
+
+@pytest.fixture
+def params():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def box_mask(h, w, y0, y1, x0, x1):
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def rle(m):
+    return {"size": list(m.shape), "counts": masks.encode(m)}
+
+
+def jpeg_bytes(h, w, color=(90, 120, 150)):
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def make_row(row_id, image, query, pool, groups):
+    return {"id": row_id, "image": image,
+            "conversations": [{"from": "human", "value": f"<image>\n<mask_pool>\n{query}"},
+                              {"from": "gpt", "value": "<mask_group>"}],
+            "gt_mask_pool": pool, "mask_pool": pool, "gt_mask_group": groups}
+
+
+def write_local(folder: Path, rows, images: dict[str, bytes], name="rows.jsonl") -> Path:
+    """A folder in MaskGroups local layout: a rows file and images/."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for n, data in images.items():
+        (folder / "images" / n).write_bytes(data)
+    with (folder / name).open("w") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return folder
+
+
+@pytest.fixture
+def boxes_dataset(tmp_path):
+    """Six 40x60 images, each with three box objects and two queries (one group each)."""
+    rows, images = [], {}
+    for i in range(6):
+        name = f"img{i}.jpg"
+        images[name] = jpeg_bytes(40, 60, (20 * i, 100, 200 - 20 * i))
+        pool = [rle(box_mask(40, 60, 2, 12, 2 + i, 14 + i)), rle(box_mask(40, 60, 20, 35, 30, 50)),
+                rle(box_mask(40, 60, 15, 25, 5, 20))]
+        rows.append(make_row(f"r{i}-0", name, "the top box", pool, [[0]]))
+        rows.append(make_row(f"r{i}-1", name, "the lower boxes", pool, [[1, 2]]))
+    return write_local(tmp_path / "boxes", rows, images)
+
+
+@pytest.fixture(scope="session")
+def verifier_prompt():
+    """The project's Prompt, from params.yaml."""
+    from maskgate.prompt import Prompt
+
+    return Prompt.from_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3vl_dir(tmp_path_factory, verifier_prompt):
+    """A folder holding the default tiny Qwen3-VL (seed 0) and its processor, built once per session."""
+    from maskgate.model import build_tiny
+
+    out = tmp_path_factory.mktemp("tiny_qwen3vl")
+    build_tiny(out, verifier_prompt, seed=0)
+    return out
