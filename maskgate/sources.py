@@ -27,6 +27,10 @@ class ImageMissing(KeyError):
     pass
 
 
+class HubUnreachable(RuntimeError):
+    pass
+
+
 def safe_name(name: object) -> str | None:
     """The image name if it stays inside the images folder, else None."""
     if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
@@ -139,7 +143,11 @@ def load_hub(repo: str, split: str, images_file: str) -> tuple[Iterator[dict], Z
     import datasets
     from huggingface_hub import hf_hub_download
 
-    names = datasets.get_dataset_split_names(repo)
+    try:
+        names = datasets.get_dataset_split_names(repo)
+    except (ConnectionError, OSError) as e:  # datasets wraps hub and network failures in these
+        raise HubUnreachable(f"could not load {repo} from the Hugging Face hub ({e}). Offline, use "
+                             "data.source=local with data.path=<a local copy>, or data.source=demo") from None
     if split != "all" and split not in names:
         raise ValueError(f"data.hub_split={split!r} is not a split of {repo}; it has {names}")
     chosen = names if split == "all" else [split]

@@ -4,6 +4,7 @@ import sys
 
 from maskgate.params import load_params
 from maskgate.prepare import TooManyBadRows, prepare
+from maskgate.sources import HubUnreachable
 from maskgate.tables import write_json
 
 
@@ -16,7 +17,7 @@ def main() -> int:
     params = load_params(args.params)
     try:
         report = prepare(params, args.out)
-    except (TooManyBadRows, FileNotFoundError, ValueError) as e:
+    except (TooManyBadRows, HubUnreachable, FileNotFoundError, ValueError) as e:
         print(f"prepare failed: {e}", file=sys.stderr)
         return 1
     write_json(report, args.report)

@@ -82,3 +82,14 @@ def test_demo_is_deterministic_and_in_row_format():
         assert set(r) == {"id", "image", "conversations", "gt_mask_pool", "mask_pool", "gt_mask_group"}
         assert r["image"] in imgs_a
         assert all(0 <= i < len(r["gt_mask_pool"]) for i in r["gt_mask_group"][0])
+
+
+def test_unreachable_hub_says_what_to_do(monkeypatch):
+    import datasets
+
+    def offline(repo):
+        raise ConnectionError("Couldn't reach it")
+
+    monkeypatch.setattr(datasets, "get_dataset_split_names", offline)
+    with pytest.raises(sources.HubUnreachable, match="data.source=local"):
+        sources.load_hub("org/ds", "all", "images_resized.zip")
