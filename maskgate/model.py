@@ -51,7 +51,11 @@ class Preset:
 PRESETS = {
     "qwen3-vl-8b": Preset("Qwen/Qwen3-VL-8B-Instruct", "unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit"),
     "tiny": Preset(None, None),  # built locally by build_tiny; load the folder it wrote
+    # Qwen3-VL-8B's exact shape with random weights and the tiny tokenizer, built locally like tiny:
+    # speed and memory do not depend on weight values, so GPU benchmarks need no download. Not a verifier.
+    "random-8b": Preset(None, None),
 }
+LOCAL_PRESETS = ("tiny", "random-8b")
 
 PATCH_SIZE = 16
 MERGE_SIZE = 2
@@ -111,7 +115,16 @@ class TinySize:
     deepstack_visual_indexes: tuple[int, ...] = (0,)  # vision layers feeding the first text layers
     num_position_embeddings: int = 256  # a square: the learned 2-D position grid is 16 x 16
 
+    embedding_rows: int = 0  # rows of the embedding and output matrices; 0 = the tokenizer's length
+    # std of the language model's initial weights (embeddings, projections, lm_head); the vision tower keeps
+    # 0.02. Qwen's 0.02 suits hidden sizes in the thousands; at hidden 64 it leaves attention uniform and the
+    # MLPs linear, and a from-scratch model sits on a long loss plateau (bench/demo_learning.py): about
+    # 1/sqrt(hidden_size) learns several times faster.
+    initializer_range: float = 0.02
+
     def __post_init__(self):
+        if self.embedding_rows and self.embedding_rows < self.vocab_size:
+            raise ValueError("embedding_rows must be 0 or at least vocab_size")
         if self.head_dim % 2 or self.head_dim < 8:
             raise ValueError(f"head_dim must be even and at least 8, got {self.head_dim}")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -124,6 +137,23 @@ class TinySize:
             raise ValueError("more deepstack indexes than text layers: the extra ones would be ignored")
         if round(self.num_position_embeddings**0.5) ** 2 != self.num_position_embeddings:
             raise ValueError("num_position_embeddings must be a perfect square")
+
+
+# Qwen3-VL-8B-Instruct's config.json (text: 36 layers of 4096, GQA 32/8 heads of 128; vision: 27 layers
+# of 1152, deepstack at 8/16/24; 151,936 embedding rows), as TinySize fields for the random-8b preset.
+QWEN3_VL_8B_SIZE = dict(
+    hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=128, vision_hidden_size=1152, vision_intermediate_size=4304,
+    vision_depth=27, vision_num_heads=16, deepstack_visual_indexes=(8, 16, 24),
+    num_position_embeddings=2304, embedding_rows=151936,
+)
+
+
+def preset_size(preset: str, overrides: dict | None = None) -> dict:
+    """TinySize fields of a locally built preset: its own shape, then `overrides` (params model.tiny)."""
+    if preset not in LOCAL_PRESETS:
+        raise ValueError(f"preset {preset!r} is not built locally")
+    return {**(QWEN3_VL_8B_SIZE if preset == "random-8b" else {}), **(overrides or {})}
 
 
 def image_token_count(size: int) -> int:
@@ -196,7 +226,7 @@ def tiny_config(size: TinySize, tokenizer) -> Qwen3VLConfig:
     """A Qwen3-VL config of the given size whose token ids come from `tokenizer`."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text = dict(
-        vocab_size=len(tokenizer),
+        vocab_size=size.embedding_rows or len(tokenizer),
         hidden_size=size.hidden_size,
         intermediate_size=size.intermediate_size,
         num_hidden_layers=size.num_hidden_layers,
@@ -211,6 +241,7 @@ def tiny_config(size: TinySize, tokenizer) -> Qwen3VLConfig:
             "mrope_interleaved": True,
         },
         pad_token_id=ids["<|endoftext|>"],
+        initializer_range=size.initializer_range,
     )
     vision = dict(
         depth=size.vision_depth,
@@ -261,16 +292,24 @@ def tiny_processor(prompt: Prompt, vocab_size: int) -> Qwen3VLProcessor:
     )
 
 
-def build_tiny(out_dir: str | Path, prompt: Prompt, seed: int = 0, **size) -> None:
+def build_tiny(out_dir: str | Path, prompt: Prompt, seed: int = 0, device: str = "cpu",
+               dtype: torch.dtype = torch.float32, **size) -> None:
     """Save a random tiny Qwen3-VL (safetensors) and its processor to `out_dir`.
 
     `size` holds TinySize fields. The same prompt, seed and sizes give byte-identical files.
+    `device`/`dtype`: where to draw the weights (a full-size model is drawn on the GPU in bf16).
     """
     tiny = TinySize(**size)
     processor = tiny_processor(prompt, tiny.vocab_size)
     config = tiny_config(tiny, processor.tokenizer)
     torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # draw in the target dtype: a full-size model never exists in fp32
+    try:
+        with torch.device(device):
+            model = Qwen3VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(default)
     out = Path(out_dir)
     model.save_pretrained(out)
     processor.save_pretrained(out)

@@ -132,3 +132,19 @@ def test_mrope_section_sums_to_half_head_dim():
         section = M.mrope_section(head_dim)
         assert sum(section) == head_dim // 2
     assert M.mrope_section(128) == [24, 20, 20]  # Qwen3-VL's own split
+
+
+def test_random_8b_preset_has_qwen3_vl_8b_shape(verifier_prompt):
+    """The random-8b preset's config gives Qwen3-VL-8B's parameter count (built on the meta device)."""
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from maskgate.model import TinySize, preset_size, tiny_config, tiny_processor
+
+    size = TinySize(**preset_size("random-8b"))
+    config = tiny_config(size, tiny_processor(verifier_prompt, size.vocab_size).tokenizer)
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration(config)
+    n = sum(p.numel() for p in model.parameters())
+    assert 8.6e9 < n < 8.9e9, n  # Qwen3-VL-8B-Instruct: 8.77e9 parameters
+    assert model.config.text_config.vocab_size == 151936

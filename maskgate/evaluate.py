@@ -1,0 +1,76 @@
+"""Score the validation split with the trained verifier and measure it as a quality gate.
+
+Outputs (paths passed in by the stage): metrics JSON (DVC metrics), plot data + PNGs, the gate's
+operating point, per-example scores (for audit_sample), and the mask-only shortcut baseline's
+AUROC, which says how much of the score a model could get from mask statistics alone.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from maskgate import metrics, shortcut, tables
+from maskgate.batching import Example
+from maskgate.prompt import Prompt
+from maskgate.scoring import score
+
+SCORE_SCHEMA = pa.schema([("example_id", pa.string()), ("kind", pa.string()), ("label", pa.int8()),
+                          ("p_accept", pa.float64())])
+CHUNK = 512  # examples decoded at a time; bounds memory on a large validation split
+
+
+def score_split(model, processor, prompt: Prompt, rendered: Path, split: str, max_length: int,
+                batch_size: int) -> list[dict]:
+    """P(ACCEPT) of every example of a split, with its id, kind and label, in shard order."""
+    out, chunk = [], []
+
+    def flush():
+        examples = [Example(Image.open(io.BytesIO(r["overlay"])).convert("RGB"), r["query"], key=r["example_id"])
+                    for r in chunk]
+        p = score(model, processor, prompt, examples, max_length, batch_size, desc=f"evaluate: scoring {split}")
+        out.extend({"example_id": r["example_id"], "kind": r["kind"], "label": r["label"], "p_accept": float(s)}
+                   for r, s in zip(chunk, p))
+        chunk.clear()
+
+    for r in tables.iter_shards(rendered, split, ["example_id", "query", "kind", "label", "overlay"]):
+        chunk.append(r)
+        if len(chunk) == CHUNK:
+            flush()
+    if chunk:
+        flush()
+    return out
+
+
+def mask_features(rendered: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = list(tables.iter_shards(rendered, split, ["masks", "height", "width", "label"]))
+    x = np.stack([shortcut.mask_features(r["masks"], r["height"], r["width"]) for r in rows])
+    return x, np.array([r["label"] for r in rows])
+
+
+def shortcut_baseline(rendered: Path, seed: int) -> float:
+    """Validation AUROC of a classifier trained on the train split's candidate masks alone."""
+    xt, yt = mask_features(rendered, "train")
+    xv, yv = mask_features(rendered, "val")
+    return float(shortcut.shortcut_auroc(xt, yt, xv, yv, seed))
+
+
+def measure(scores: list[dict], cfg: dict) -> tuple[dict, dict]:
+    """The metrics dict and the operating point from per-example scores."""
+    labels = np.array([s["label"] for s in scores])
+    p = np.array([s["p_accept"] for s in scores])
+    kinds = [s["kind"] for s in scores]
+    m = metrics.compute_metrics(labels, p, kinds, [float(t) for t in cfg["thresholds"]],
+                                float(cfg["target_precision"]))
+    point = metrics.operating_point(labels, p, float(cfg["target_precision"]))
+    return m, point
+
+
+def write_scores(scores: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tables.write_table(scores, tmp, SCORE_SCHEMA)
+    tmp.replace(path)

@@ -1,0 +1,602 @@
+"""Train the verifier: LoRA on Qwen3-VL with TRL's SFTTrainer, answer-only loss, resumable, DVCLive curves.
+
+Two backends run the same loop (same dataset, same collator, same Trainer subclass):
+
+* ``hf``: transformers + peft. The CPU path (tests, demo) and a plain GPU path.
+* ``unsloth``: Unsloth's ``FastVisionModel`` (16-bit LoRA or 4-bit QLoRA), faster on one GPU
+  (``../shared/FACTS.md``). Only on a machine with CUDA.
+
+Why ``resolve_backend`` lives here and this module imports nothing heavy at import time: on a
+machine without a GPU ``import unsloth`` patches transformers and trl into a CPU mode whose vision
+classes raise, so the CPU path must never import it; on the GPU path it must be imported *before*
+transformers. The train stage therefore calls ``resolve_backend(params)`` first thing, before it
+imports anything else from the project; ``resolve_backend`` does the ``import unsloth`` itself when
+it picks unsloth.
+
+Why our own collator (``batching.training_batch``) rather than TRL's or Unsloth's: it puts the loss
+on the answer token(s) only and checks lengths instead of truncating (TRL's default
+``max_length=1024`` cuts sequences, and a cut through the image tokens or the answer is silent
+damage). ``train.max_text_tokens`` budgets the text (prompt text + answer); the image tokens of a
+``render.size`` image are added on top, so changing the render size never needs a second knob.
+
+Resume: the Trainer writes checkpoints (adapter as safetensors + optimizer, scheduler and RNG states)
+into ``checkpoints/`` every ``save_steps`` optimizer steps and at the last step. A re-run resumes from
+the newest one and ends at the same step count as an uninterrupted run. A checkpoint folder written
+with other settings (params or data) is never resumed from: ``checkpoints/fingerprint.json`` records
+what the checkpoints belong to, and a mismatch clears the folder (DVC keeps it with ``persist: true``
+across param changes).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+BACKENDS = ("auto", "hf", "unsloth")
+
+# Every key of params["train"], with its default. A missing key takes the default; an unknown key is
+# an error (a typo in `dvc exp run -S train.batchsize=...` must not pass silently).
+TRAIN_DEFAULTS: dict = {
+    "backend": "auto",  # auto | hf | unsloth; auto = unsloth when CUDA works, unsloth imports and the preset is not tiny
+    "batch_size": 64,  # effective batch: micro_batch_size x gradient accumulation x world size
+    "micro_batch_size": 8,  # examples per forward/backward on one device
+    "epochs": 1,
+    "warmup_ratio": 0.03,  # share of optimizer steps with linear warm-up
+    "lr_scheduler": "linear",  # transformers' lr_scheduler_type
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "max_text_tokens": 256,  # prompt text + answer tokens; image tokens of render.size come on top
+    "lora": {
+        "r": 16,
+        "alpha": 32,
+        "dropout": 0.05,
+        # peft target_modules: a list of module-name suffixes, a regex string, or "all-linear".
+        # Default: the language model's attention and MLP projections (the vision tower's are named
+        # qkv/proj/linear_fc1/linear_fc2 and stay frozen).
+        "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        # modules trained in full and saved with the adapter (peft modules_to_save), e.g. [lm_head].
+        # Not LoRA on lm_head: TRL computes the loss from lm_head.weight directly and refuses that.
+        "modules_to_save": [],
+    },
+    "gradient_checkpointing": "auto",  # true | false | auto (on except for the tiny preset)
+    "load_in_4bit": True,  # unsloth backend only: QLoRA on the pre-quantised weights
+    "save_steps": 100,  # optimizer steps between checkpoints (the last step is always saved)
+    "keep_checkpoints": 2,  # newest checkpoints kept in checkpoints/
+    "eval_steps": 100,  # optimizer steps between evaluations (and at the last step); 0 = only at the end
+    "eval_examples": 256,  # val examples (a seeded random subset) for eval loss and AUROC curves
+    "logging_steps": 10,
+    "dataloader_workers": 0,
+    "cpu_threads": 0,  # torch.set_num_threads on the CPU path; 0 = leave torch's default
+}
+
+
+class ParamsError(ValueError):
+    """Bad or inconsistent training settings."""
+
+
+# ----------------------------------------------------------------------------------------------
+# settings
+
+
+def _merge(defaults: dict, given: dict | None, where: str) -> dict:
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ParamsError(f"unknown {where} keys {unknown}; known: {sorted(defaults)}")
+    out = {}
+    for key, default in defaults.items():
+        value = given.get(key, default)
+        out[key] = _merge(default, value, f"{where}.{key}") if isinstance(default, dict) else value
+    return out
+
+
+def train_settings(params: dict) -> dict:
+    """params["train"] with defaults filled in (TRAIN_DEFAULTS); ParamsError on unknown keys or bad values."""
+    cfg = _merge(TRAIN_DEFAULTS, params.get("train"), "train")
+    if cfg["backend"] not in BACKENDS:
+        raise ParamsError(f"train.backend must be one of {BACKENDS}, got {cfg['backend']!r}")
+    for key in ("batch_size", "micro_batch_size", "epochs", "max_text_tokens", "save_steps", "logging_steps"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ParamsError(f"train.{key} must be a positive integer, got {cfg[key]!r}")
+    if cfg["gradient_checkpointing"] not in (True, False, "auto"):
+        raise ParamsError(f"train.gradient_checkpointing must be true, false or auto, got {cfg['gradient_checkpointing']!r}")
+    return cfg
+
+
+def world_size() -> int:
+    """Processes training together (torchrun sets WORLD_SIZE); 1 for a plain run."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def gradient_accumulation(batch_size: int, micro_batch_size: int, world: int = 1) -> int:
+    """Steps to accumulate so that micro_batch_size x steps x world == batch_size; ParamsError if impossible."""
+    per_step = micro_batch_size * world
+    if batch_size % per_step:
+        raise ParamsError(
+            f"train.batch_size {batch_size} (effective batch) is not a multiple of train.micro_batch_size "
+            f"{micro_batch_size} x world size {world} = {per_step}"
+        )
+    return batch_size // per_step
+
+
+def max_length(params: dict, cfg: dict | None = None) -> int:
+    """Total token budget of one training sequence: text budget + the image tokens of render.size."""
+    from maskgate.model import image_token_count  # torch + transformers, but only once the backend is chosen
+
+    cfg = cfg or train_settings(params)
+    return int(cfg["max_text_tokens"]) + image_token_count(int(params["render"]["size"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# backend choice: must run before anything imports transformers
+
+
+def _cuda_available() -> bool:
+    import torch  # torch alone does not patch anything; unsloth may still be imported after it
+
+    return torch.cuda.is_available()
+
+
+def _import_unsloth() -> bool:
+    os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")  # FACTS: else logits are empty when labels are passed
+    try:
+        import unsloth  # noqa: F401  (imported for its patches, before transformers)
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(params: dict) -> str:
+    """"hf" or "unsloth" for params["train"]["backend"]; imports unsloth when (and only when) it picks it.
+
+    Call it at the top of the entry point, before importing transformers or any project module that
+    does: unsloth must patch transformers before its classes are imported.
+    auto: unsloth if CUDA is available, the preset is not the tiny one (a CPU/CI model: hf serves it
+    on any machine), transformers is not imported yet, and ``import unsloth`` works; else hf.
+    """
+    cfg = train_settings(params)
+    want = cfg["backend"]
+    preset = params["model"]["preset"]
+    if want == "hf":
+        return "hf"
+    if want == "unsloth":
+        if not _cuda_available():
+            raise ParamsError("train.backend=unsloth needs a CUDA GPU (on CPU `import unsloth` breaks transformers)")
+        if "unsloth" not in sys.modules and "transformers" in sys.modules:
+            raise RuntimeError("train.backend=unsloth: resolve_backend must run before transformers is imported")
+        if not _import_unsloth():
+            raise ParamsError("train.backend=unsloth but unsloth is not installed (requirements-gpu.txt)")
+        return "unsloth"
+    if preset == "tiny" or not _cuda_available():
+        return "hf"
+    if "unsloth" not in sys.modules and "transformers" in sys.modules:
+        print("train: transformers was imported before resolve_backend; using backend hf", file=sys.stderr)
+        return "hf"
+    return "unsloth" if _import_unsloth() else "hf"
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+KEEP_COLUMNS = ["example_id", "query", "label", "label_text", "system", "user", "overlay"]
+
+
+def load_split(rendered: Path, split: str):
+    """The render stage's `{split}-*.parquet` shards as a `datasets.Dataset` (only the columns used)."""
+    from datasets import load_dataset
+
+    files = sorted(str(p) for p in Path(rendered).glob(f"{split}-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no {split}-*.parquet shards in {rendered}; run the render stage first")
+    return load_dataset("parquet", data_files={split: files}, split=split).select_columns(KEEP_COLUMNS)
+
+
+def check_prompt(dataset, prompt, split: str) -> None:
+    """The shards were rendered with this prompt: their system/user/label_text agree with it."""
+    for row in dataset.select_columns(["example_id", "query", "label", "label_text", "system", "user"]):
+        if (row["system"], row["user"], row["label_text"]) != (
+            prompt.system, prompt.user_text(row["query"]), prompt.label_text(row["label"])
+        ):
+            raise ValueError(
+                f"{split} example {row['example_id']} was rendered with another prompt than params.prompt: "
+                "re-run the render stage"
+            )
+
+
+def to_example(row: dict):
+    """A shard row -> batching.Example (the overlay JPEG decoded)."""
+    import io
+
+    from PIL import Image
+
+    from maskgate.batching import Example
+
+    image = Image.open(io.BytesIO(row["overlay"]))
+    image.load()
+    return Example(image=image.convert("RGB"), query=row["query"], answer=row["label_text"], key=row["example_id"])
+
+
+class Collator:
+    """Shard rows -> a training batch: answer-only labels, length check, no truncation (batching.training_batch)."""
+
+    def __init__(self, processor, prompt, max_length: int):
+        self.processor, self.prompt, self.max_length = processor, prompt, max_length
+
+    def __call__(self, rows: list[dict]):
+        from maskgate.batching import training_batch
+
+        return training_batch(self.processor, self.prompt, [to_example(r) for r in rows], self.max_length)
+
+
+# ----------------------------------------------------------------------------------------------
+# model
+
+
+def local_size(params: dict, preset: str) -> dict:
+    """TinySize fields of a locally built preset (tiny, random-8b): its shape, then params model.tiny."""
+    from maskgate.model import preset_size
+
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in (params["model"].get("tiny") or {}).items()}
+    return preset_size(preset, overrides)
+
+
+def lora_config(lora: dict):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=int(lora["r"]),
+        lora_alpha=float(lora["alpha"]),
+        lora_dropout=float(lora["dropout"]),
+        target_modules=lora["targets"],
+        modules_to_save=list(lora["modules_to_save"]) or None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_model(params: dict, cfg: dict, backend: str, out_dir: Path, device: str):
+    """(peft model in train mode, processor, base) for the preset; `base` is what evaluate loads the adapter onto.
+
+    Hub presets load from the hub; local presets (tiny, random-8b) are built from the seed into
+    `out_dir/base` first, so evaluate finds the base beside the adapter.
+    """
+    import torch
+    from transformers import set_seed
+
+    from maskgate import model as M
+    from maskgate.prompt import Prompt
+
+    preset = params["model"]["preset"]
+    if preset not in M.PRESETS:
+        raise ParamsError(f"model.preset must be one of {sorted(M.PRESETS)}, got {preset!r}")
+    seed, lora = int(params["seed"]), cfg["lora"]
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if preset in M.LOCAL_PRESETS:
+        base = str(Path(out_dir) / "base")
+        M.build_tiny(base, Prompt.from_params(params), seed=seed, device=device, dtype=dtype, **local_size(params, preset))
+    if backend == "unsloth":
+        from unsloth import FastVisionModel
+
+        if preset not in M.LOCAL_PRESETS:  # 4-bit: Unsloth's pre-quantised weights; 16-bit: the original ones
+            base = M.PRESETS[preset].unsloth_id if cfg["load_in_4bit"] else M.PRESETS[preset].hub_id
+        model, processor = FastVisionModel.from_pretrained(
+            base, load_in_4bit=bool(cfg["load_in_4bit"]), use_gradient_checkpointing="unsloth"
+        )
+        model = FastVisionModel.get_peft_model(
+            model,
+            r=int(lora["r"]),
+            lora_alpha=float(lora["alpha"]),
+            lora_dropout=float(lora["dropout"]),
+            target_modules=lora["targets"],
+            bias="none",
+            random_state=seed,
+            use_rslora=False,
+            loftq_config=None,
+            **({"modules_to_save": list(lora["modules_to_save"])} if lora["modules_to_save"] else {}),
+        )
+        FastVisionModel.for_training(model)
+        return model, M.set_image_bounds(processor), base
+
+    from peft import get_peft_model
+
+    if preset not in M.LOCAL_PRESETS:
+        base = M.PRESETS[preset].hub_id
+    model, processor = M.load(base, device=device, dtype=dtype)
+    model.train()
+    set_seed(seed)  # LoRA's A matrices are drawn now
+    model = get_peft_model(model, lora_config(lora))
+    if _checkpointing(cfg, preset):
+        model.enable_input_require_grads()
+    return model, processor, base
+
+
+def _checkpointing(cfg: dict, preset: str) -> bool:
+    g = cfg["gradient_checkpointing"]
+    return preset != "tiny" if g == "auto" else bool(g)
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints and curves
+
+
+# Settings that do not change the weights a run ends with: changing them keeps the checkpoints.
+NOT_IN_FINGERPRINT = {"save_steps", "keep_checkpoints", "eval_steps", "eval_examples", "logging_steps",
+                      "dataloader_workers", "cpu_threads"}
+
+
+def fingerprint(params: dict, rendered: Path, backend: str) -> dict:
+    """What a checkpoint folder belongs to: every setting that changes the training, and the data files."""
+    files = sorted(Path(rendered).glob("*.parquet"))
+    data = hashlib.sha256("".join(f"{p.name}:{p.stat().st_size};" for p in files).encode()).hexdigest()
+    keys = {k: params.get(k) for k in ("seed", "lr", "model", "prompt")}
+    keys["train"] = {k: v for k, v in train_settings(params).items() if k not in NOT_IN_FINGERPRINT}
+    keys["render_size"] = params["render"]["size"]
+    return {"backend": backend, "params": json.loads(json.dumps(keys, sort_keys=True, default=str)), "data": data}
+
+
+def prepare_checkpoints(checkpoints: Path, print_fn=print, **fingerprint_) -> str | None:
+    """The checkpoint to resume from, or None; clears a folder whose fingerprint does not match."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoints = Path(checkpoints)
+    stamp = checkpoints / "fingerprint.json"
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        old = json.loads(stamp.read_text()) if stamp.exists() else None
+        if old != fingerprint_:
+            print_fn(f"train: {checkpoints} holds checkpoints of other settings or data; starting afresh")
+            shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(fingerprint_, indent=1, sort_keys=True) + "\n")
+    return get_last_checkpoint(str(checkpoints))
+
+
+def checkpoint_step(path: str | None) -> int:
+    if path is None:
+        return 0
+    state = json.loads((Path(path) / "trainer_state.json").read_text())
+    return int(state["global_step"])
+
+
+def truncate_live(live_dir: Path, step: int) -> None:
+    """Drop metric rows logged after `step` (an interrupted run's steps that are about to be redone)."""
+    for tsv in (Path(live_dir) / "plots" / "metrics").rglob("*.tsv"):
+        lines = tsv.read_text().splitlines()
+        if not lines:
+            continue
+        header = lines[0].split("\t")
+        col = header.index("step")
+        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[col]) <= step]
+        tsv.write_text("\n".join(kept) + "\n")
+
+
+def metric_name(key: str) -> str:
+    """Trainer log keys -> DVCLive names: eval_loss -> eval/loss, loss -> train/loss, train_runtime -> train/runtime."""
+    if key.startswith("eval_"):
+        return "eval/" + key[len("eval_"):]
+    if key.startswith("train_"):
+        return "train/" + key[len("train_"):]
+    return "train/" + key
+
+
+# Logged once at the end of training: summary values, not curves.
+SUMMARY_ONLY = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss"}
+
+
+def live_callback(live):
+    """A TrainerCallback writing every Trainer log to `live` at step = the optimizer step (not a log counter)."""
+    from transformers import TrainerCallback
+
+    class LiveCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            live.step = state.global_step
+            for key, value in logs.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    continue
+                live.log_metric(metric_name(key), float(value), plot=key not in SUMMARY_ONLY)
+            live.make_summary()
+
+    return LiveCallback()
+
+
+# ----------------------------------------------------------------------------------------------
+# trainer
+
+
+def trainer_class(base):
+    """`base` (TRL's SFTTrainer, or Unsloth's patched one) whose evaluate() also logs the val AUROC.
+
+    AUROC comes from scoring.score: the same one-pass P(ACCEPT) the evaluate stage uses.
+    """
+    from sklearn.metrics import roc_auc_score
+    from transformers import Trainer
+
+    from maskgate.scoring import score
+
+    class VerifierTrainer(base):
+        def __init__(self, *args, auroc_rows=None, prompt=None, max_length=None, on_score=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.auroc_rows, self.prompt, self.max_len, self.on_score = auroc_rows, prompt, max_length, on_score
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # TRL 1.15 computes the loss with a Triton kernel (its fused LM head), which has no CPU driver:
+            # off CUDA, take transformers' own loss (the model's cross-entropy over the same answer labels).
+            if self.args.device.type != "cuda":
+                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            metrics = super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+            if self.auroc_rows is not None and len(set(self.auroc_rows["label"])) == 2:
+                if self.on_score:
+                    self.on_score(self.model, inference=True)
+                try:
+                    p = score(
+                        self.model, self.processing_class, self.prompt,
+                        [to_example(r) for r in self.auroc_rows], self.max_len,
+                        batch_size=self.args.per_device_eval_batch_size, desc="eval auroc",
+                    )
+                finally:
+                    if self.on_score:
+                        self.on_score(self.model, inference=False)
+                auroc = float(roc_auc_score(self.auroc_rows["label"], p))
+                metrics[f"{metric_key_prefix}_auroc"] = auroc
+                self.log({f"{metric_key_prefix}_auroc": auroc})
+            return metrics
+
+    return VerifierTrainer
+
+
+def train(
+    params: dict,
+    rendered: Path,
+    out_dir: Path,
+    checkpoints: Path,
+    live_dir: Path,
+    backend: str | None = None,
+    callbacks: list | None = None,
+) -> dict:
+    """Train a LoRA adapter on the rendered train shards; return a summary (JSON-able).
+
+    Writes `out_dir/adapter` (peft, safetensors) and, for the tiny preset, the base model it sits on
+    in `out_dir/base`. Checkpoints go to `checkpoints/` (resumed from when present and made with the
+    same settings and data); curves to `live_dir` (DVCLive, no dvc.yaml written).
+    `backend`: from resolve_backend(params) (called here when None). `callbacks`: extra TrainerCallbacks.
+    """
+    backend = backend or resolve_backend(params)
+    cfg = train_settings(params)
+    import torch
+
+    if cfg["cpu_threads"] and not torch.cuda.is_available():
+        torch.set_num_threads(int(cfg["cpu_threads"]))
+    from dvclive import Live
+    from trl import SFTConfig, SFTTrainer
+
+    from maskgate.prompt import Prompt
+
+    out_dir, checkpoints, live_dir = Path(out_dir), Path(checkpoints), Path(live_dir)
+    prompt = Prompt.from_params(params)
+    world = world_size()
+    accum = gradient_accumulation(cfg["batch_size"], cfg["micro_batch_size"], world)
+    seq_len = max_length(params, cfg)
+    seed = int(params["seed"])
+    preset = params["model"]["preset"]
+
+    train_ds = load_split(rendered, "train")
+    val_ds = load_split(rendered, "val")
+    check_prompt(train_ds, prompt, "train")
+    check_prompt(val_ds, prompt, "val")
+    n_eval = min(int(cfg["eval_examples"]), len(val_ds))
+    eval_ds = val_ds.shuffle(seed=seed).select(range(n_eval)) if n_eval else None
+    auroc_rows = eval_ds.select_columns(["example_id", "query", "label", "label_text", "overlay"]) if n_eval else None
+
+    resume = prepare_checkpoints(checkpoints, **fingerprint(params, rendered, backend))
+    resumed_at = checkpoint_step(resume)
+    if resume:
+        truncate_live(live_dir, resumed_at)
+        print(f"train: resuming from {resume} (step {resumed_at})")
+
+    cuda = torch.cuda.is_available()
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, processor, base = load_model(params, cfg, backend, out_dir, device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+
+    steps_per_epoch = math.ceil(len(train_ds) / (cfg["micro_batch_size"] * world)) // accum or 1
+    eval_steps = int(cfg["eval_steps"])
+    args = SFTConfig(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=cfg["micro_batch_size"],
+        per_device_eval_batch_size=cfg["micro_batch_size"],
+        gradient_accumulation_steps=accum,
+        num_train_epochs=cfg["epochs"],
+        learning_rate=float(params["lr"]),
+        lr_scheduler_type=cfg["lr_scheduler"],
+        warmup_steps=float(cfg["warmup_ratio"]),  # transformers 5: a float < 1 is a share of the steps
+        weight_decay=float(cfg["weight_decay"]),
+        max_grad_norm=float(cfg["max_grad_norm"]),
+        optim="adamw_torch_fused" if cuda else "adamw_torch",
+        bf16=cuda,
+        gradient_checkpointing=_checkpointing(cfg, preset) and backend == "hf",
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        seed=seed,
+        data_seed=seed,
+        logging_steps=cfg["logging_steps"],
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=cfg["save_steps"],
+        save_total_limit=cfg["keep_checkpoints"],
+        eval_strategy="steps" if n_eval else "no",
+        eval_steps=eval_steps if eval_steps > 0 else steps_per_epoch * cfg["epochs"],
+        report_to="none",
+        dataloader_num_workers=cfg["dataloader_workers"],
+        dataloader_pin_memory=cuda,
+        # our collator does the whole job: keep the raw columns, skip TRL's tokenising, never truncate
+        remove_unused_columns=False,
+        dataset_text_field="",
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=None,
+        completion_only_loss=None,
+        packing=False,
+    )
+
+    live = Live(str(live_dir), resume=bool(resume), dvcyaml=False, save_dvc_exp=False)
+    on_score = None
+    if backend == "unsloth":
+        from unsloth import FastVisionModel
+
+        def on_score(m, inference):
+            (FastVisionModel.for_inference if inference else FastVisionModel.for_training)(m)
+
+    trainer = trainer_class(SFTTrainer)(
+        model=model,
+        args=args,
+        data_collator=Collator(processor, prompt, seq_len),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=processor,
+        callbacks=[live_callback(live), *(callbacks or [])],
+        auroc_rows=auroc_rows,
+        prompt=prompt,
+        max_length=seq_len,
+        on_score=on_score,
+    )
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    wall = time.time() - started
+    adapter = out_dir / "adapter"
+    if trainer.is_world_process_zero():
+        if adapter.exists():
+            shutil.rmtree(adapter)
+        trainer.model.save_pretrained(str(adapter), safe_serialization=True)
+    live.end()
+
+    last_eval = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), {})
+    last_auroc = next((h["eval_auroc"] for h in reversed(trainer.state.log_history) if "eval_auroc" in h), None)
+    return {
+        "backend": backend,
+        "preset": preset,
+        "base": base,
+        "adapter": str(adapter),
+        "examples": {"train": len(train_ds), "val": len(val_ds), "eval_subset": n_eval},
+        "batch": {"effective": cfg["batch_size"], "micro": cfg["micro_batch_size"], "accumulation": accum, "world": world},
+        "max_length": seq_len,
+        "global_step": int(trainer.state.global_step),
+        "max_steps": int(trainer.state.max_steps),
+        "resumed_from_step": resumed_at,
+        "train_loss": float(result.training_loss),
+        "eval_loss": last_eval.get("eval_loss"),
+        "eval_auroc": last_auroc,
+        "params": {"trainable": int(trainable), "total": int(total)},
+        "wall_s": round(wall, 1),
+        "examples_per_s": round(int(trainer.state.global_step - resumed_at) * cfg["batch_size"] / wall, 2) if wall else None,
+        "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None,
+    }
