@@ -1,0 +1,31 @@
+"""All six stages through `dvc exp run` on a small demo: two experiments, compared by `dvc exp show`."""
+import json
+
+import pytest
+
+from tests.test_pipeline_dvc import project_copy, sh
+
+pytestmark = pytest.mark.slow
+
+SMALL_DEMO = ["-S", "data.source=demo", "-S", "data.demo_images=24", "-S", "render.size=64",
+              "-S", "model.preset=tiny", "-S", "train.batch_size=16", "-S", "train.micro_batch_size=8",
+              "-S", "train.eval_examples=16", "-S", "train.save_steps=2", "-S", "train.eval_steps=2",
+              "-S", "audit_sample.n=10"]
+
+
+def test_two_experiments_side_by_side(tmp_path):
+    repo = project_copy(tmp_path)
+    sh("dvc", "exp", "run", "-n", "first", *SMALL_DEMO, "-S", "lr=1e-3", cwd=repo)
+    assert "up to date" in sh("dvc", "status", cwd=repo)  # a repro after it is a no-op
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert {"accuracy", "auroc", "ece", "shortcut_auroc", "by_kind", "at_threshold"} <= set(metrics)
+    assert (repo / "reports/audit/index.html").is_file() and (repo / "reports/plots/roc.png").is_file()
+    sh("dvc", "exp", "run", "-n", "second", *SMALL_DEMO, "-S", "lr=1e-4", cwd=repo)
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo))
+    rows = {e["name"]: e for commit in shown for e in (commit.get("experiments") or [])
+            for e in [e["revs"][0]] if e.get("name")}
+    assert {"first", "second"} <= set(rows)
+    lrs = {name: row["data"]["params"]["params.yaml"]["data"]["lr"] for name, row in rows.items()}
+    assert lrs["first"] == 1e-3 and lrs["second"] == 1e-4
+    for name in ("first", "second"):
+        assert "auroc" in rows[name]["data"]["metrics"]["reports/metrics.json"]["data"]
