@@ -1,9 +1,10 @@
 """The built-in demo source: coloured-shape scenes in MaskGroups row format, no network needed.
 
-Each scene holds shapes of two or three colours; each colour present is one ground-truth group,
-and each query names one colour ("all red shapes", "the two blue shapes"). A wrong group from
-the same scene (a hard negative) has the same kind of mask statistics as the right one, so the
-verifier must look at the pixels under the overlay and read the query to tell them apart.
+Each scene holds one or two large shapes of each of two or three colours; each colour present is
+one ground-truth group, and each query names one colour ("all red shapes", "the two blue shapes").
+A wrong group from the same scene (a hard negative) has the same kind of mask statistics as the
+right one, so the verifier must look at the pixels under the overlay and read the query to tell
+them apart.
 Some scenes get two queries for the same group in other words, as in real MaskGroups data, so
 the negatives stage's IoU rule has real work to do.
 
@@ -22,6 +23,12 @@ COLORS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 230), "
 SHAPES = ("circle", "square", "triangle")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 BACKGROUND = (150, 140, 120)
+# Shapes are few and large (radius 1/9 to 1/5 of the scene): rendered at 96 px each one spans several
+# 16 px patches, so the tiny demo model can read the colour under the overlay. With the earlier 1 to 3
+# shapes of radius 1/14 to 1/7 per colour, a shape was about one patch (mixed with background and the
+# outline) and the tiny model stayed at chance for the whole demo budget (bench/demo_learning.py).
+SHAPE_RADIUS = (1 / 9, 1 / 5)  # shape radius range, as fractions of the scene size
+SHAPES_PER_COLOR = (1, 2)  # shapes drawn per colour present, inclusive range
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, r: int, fill) -> None:
@@ -59,8 +66,8 @@ def scene(index: int, seed: int, size: int = 128) -> tuple[list[dict], bytes]:
     colors = rng.choice(list(COLORS), size=int(rng.integers(2, 4)), replace=False)
     placed, pool, groups = [], [], {}
     for color in colors:
-        for _ in range(int(rng.integers(1, 4))):
-            r = int(rng.integers(size // 14, size // 7))
+        for _ in range(int(rng.integers(SHAPES_PER_COLOR[0], SHAPES_PER_COLOR[1] + 1))):
+            r = int(rng.integers(int(size * SHAPE_RADIUS[0]), int(size * SHAPE_RADIUS[1])))
             at = _place(rng, placed, size, r)
             if at is None:
                 continue

@@ -260,6 +260,33 @@ def lora_config(lora: dict):
     )
 
 
+def build_local_base(params: dict, preset: str, out_dir: Path, device: str, dtype) -> Path:
+    """`out_dir/base`: the local preset built from the seed, reused when already built with the same settings.
+
+    The build is deterministic, so a folder stamped (in `out_dir/base.json`) with the same seed, size and
+    prompt is what a rebuild would write; random-8b takes minutes to draw and 16 GB to write. The folder
+    is built under a temporary name and renamed, so a half-written base is never taken for a built one.
+    """
+    from maskgate import model as M
+    from maskgate.prompt import Prompt
+
+    prompt = Prompt.from_params(params)
+    size = local_size(params, preset)
+    stamp = json.loads(json.dumps(
+        {"preset": preset, "seed": int(params["seed"]), "size": size, "prompt": [prompt.system, prompt.user, prompt.answers]}
+    ))
+    base, stamp_file = out_dir / "base", out_dir / "base.json"
+    if base.is_dir() and stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+        return base
+    tmp = out_dir / ".base.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    M.build_tiny(tmp, prompt, seed=int(params["seed"]), device=device, dtype=dtype, **size)
+    shutil.rmtree(base, ignore_errors=True)
+    tmp.rename(base)
+    stamp_file.write_text(json.dumps(stamp, indent=1) + "\n")
+    return base
+
+
 def load_model(params: dict, cfg: dict, backend: str, out_dir: Path, device: str):
     """(peft model in train mode, processor, base) for the preset; `base` is what evaluate loads the adapter onto.
 
@@ -278,8 +305,7 @@ def load_model(params: dict, cfg: dict, backend: str, out_dir: Path, device: str
     seed, lora = int(params["seed"]), cfg["lora"]
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     if preset in M.LOCAL_PRESETS:
-        base = str(Path(out_dir) / "base")
-        M.build_tiny(base, Prompt.from_params(params), seed=seed, device=device, dtype=dtype, **local_size(params, preset))
+        base = str(build_local_base(params, preset, Path(out_dir), device, dtype))
     if backend == "unsloth":
         from unsloth import FastVisionModel
 
@@ -497,20 +523,9 @@ def train(
     eval_ds = val_ds.shuffle(seed=seed).select(range(n_eval)) if n_eval else None
     auroc_rows = eval_ds.select_columns(["example_id", "query", "label", "label_text", "overlay"]) if n_eval else None
 
-    resume = prepare_checkpoints(checkpoints, **fingerprint(params, rendered, backend))
-    resumed_at = checkpoint_step(resume)
-    if resume:
-        truncate_live(live_dir, resumed_at)
-        print(f"train: resuming from {resume} (step {resumed_at})")
-
     cuda = torch.cuda.is_available()
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model, processor, base = load_model(params, cfg, backend, out_dir, device)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-
-    steps_per_epoch = math.ceil(len(train_ds) / (cfg["micro_batch_size"] * world)) // accum or 1
+    steps_per_epoch = max(1, math.ceil(len(train_ds) / (cfg["micro_batch_size"] * world)) // accum)
     eval_steps = int(cfg["eval_steps"])
     args = SFTConfig(
         output_dir=str(checkpoints),
@@ -522,7 +537,7 @@ def train(
         lr_scheduler_type=cfg["lr_scheduler"],
         warmup_steps=float(cfg["warmup_ratio"]),  # transformers 5: a float < 1 is a share of the steps
         weight_decay=float(cfg["weight_decay"]),
-        max_grad_norm=float(cfg["max_grad_norm"]),
+        max_grad_norm=float(cfg["max_grad_norm"]),  # 0 = no clipping
         optim="adamw_torch_fused" if cuda else "adamw_torch",
         bf16=cuda,
         gradient_checkpointing=_checkpointing(cfg, preset) and backend == "hf",
@@ -547,8 +562,23 @@ def train(
         completion_only_loss=None,
         packing=False,
     )
+    main = args.process_index == 0
 
-    live = Live(str(live_dir), resume=bool(resume), dvcyaml=False, save_dvc_exp=False)
+    # Under torchrun the main process clears stale checkpoints and builds a local base first; the others
+    # then find both ready.
+    with args.main_process_first(local=False, desc="checkpoints"):
+        resume = prepare_checkpoints(checkpoints, **fingerprint(params, rendered, backend))
+    resumed_at = checkpoint_step(resume)
+    if resume and main:
+        truncate_live(live_dir, resumed_at)
+        print(f"train: resuming from {resume} (step {resumed_at})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with args.main_process_first(local=False, desc="base model"):
+        model, processor, base = load_model(params, cfg, backend, out_dir, device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+
+    live = Live(str(live_dir), resume=bool(resume), dvcyaml=False, save_dvc_exp=False) if main else None
     on_score = None
     if backend == "unsloth":
         from unsloth import FastVisionModel
@@ -563,7 +593,7 @@ def train(
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=processor,
-        callbacks=[live_callback(live), *(callbacks or [])],
+        callbacks=[*([live_callback(live)] if live else []), *(callbacks or [])],
         auroc_rows=auroc_rows,
         prompt=prompt,
         max_length=seq_len,
@@ -577,7 +607,8 @@ def train(
         if adapter.exists():
             shutil.rmtree(adapter)
         trainer.model.save_pretrained(str(adapter), safe_serialization=True)
-    live.end()
+    if live:
+        live.end()
 
     last_eval = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), {})
     last_auroc = next((h["eval_auroc"] for h in reversed(trainer.state.log_history) if "eval_auroc" in h), None)

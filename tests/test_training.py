@@ -1,0 +1,209 @@
+"""maskgate.training: backend choice, batch arithmetic, resume after an interruption, adapter files, curves."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maskgate import training
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_params(**train) -> dict:
+    """params.yaml switched to the demo data, the tiny model and a few-step training."""
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["data"].update(source="demo", demo_images=12)
+    p["prepare"]["val_fraction"] = 0.25
+    p["negatives"]["per_positive"] = 3
+    p["render"].update(size=64, workers=1)
+    p["model"] = {"preset": "tiny"}
+    p["lr"] = 1e-3
+    p["train"] = {
+        "backend": "auto", "batch_size": 4, "micro_batch_size": 2, "epochs": 1, "save_steps": 2, "eval_steps": 3,
+        "eval_examples": 8, "logging_steps": 1, "max_text_tokens": 64,
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "targets": ["q_proj", "v_proj", "down_proj"], "modules_to_save": []},
+        **train,
+    }
+    return p
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    from maskgate import negatives, prepare, render
+
+    p = tiny_params()
+    work = tmp_path_factory.mktemp("training_data")
+    prepare.prepare(p, work / "prepared")
+    negatives.build(work / "prepared", work / "negatives", p["negatives"], p["seed"])
+    render.render(work / "prepared", work / "negatives", work / "rendered", p)
+    return work / "rendered"
+
+
+def run(params, rendered, folder: Path, callbacks=None) -> dict:
+    return training.train(params, rendered, folder / "model", folder / "checkpoints", folder / "live",
+                          backend="hf", callbacks=callbacks)
+
+
+@pytest.fixture(scope="module")
+def straight(rendered, tmp_path_factory):
+    """One uninterrupted run: (folder, summary)."""
+    folder = tmp_path_factory.mktemp("straight")
+    return folder, run(tiny_params(), rendered, folder)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_at(step: int):
+    from transformers import TrainerCallback
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise Interrupt(f"interrupted at step {step}")
+
+    return Stop()
+
+
+def adapter_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model" / "adapter" / "adapter_model.safetensors"))
+
+
+def test_auto_picks_hf_on_cpu_without_importing_unsloth_or_transformers(tmp_path):
+    """In a fresh interpreter, as the train stage runs: no GPU here, so auto -> hf, unsloth never imported."""
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(backend="auto") | {"model": {"preset": "qwen3-vl-8b"}}))
+    code = (
+        "import sys, yaml\n"
+        "from maskgate import training\n"
+        f"p = yaml.safe_load(open({str(params)!r}))\n"
+        "assert 'transformers' not in sys.modules, 'maskgate.training imports transformers at import time'\n"
+        "b = training.resolve_backend(p)\n"
+        "print(b, 'unsloth' in sys.modules, 'transformers' in sys.modules)\n"
+        "p['train']['backend'] = 'unsloth'\n"
+        "try:\n"
+        "    training.resolve_backend(p)\n"
+        "except training.ParamsError as e:\n"
+        "    print('refused', 'unsloth' in sys.modules)\n"
+    )
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    assert out.stdout.split("\n")[:2] == ["hf False False", "refused False"]
+
+
+def test_effective_batch_must_be_a_multiple_of_micro_batch_times_world(rendered, tmp_path, monkeypatch):
+    assert training.gradient_accumulation(64, 8) == 8
+    assert training.gradient_accumulation(64, 8, world=2) == 4
+    with pytest.raises(training.ParamsError, match="not a multiple"):
+        training.gradient_accumulation(64, 6)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(training.ParamsError, match=r"batch_size 4 .*micro_batch_size 2 x world size 3"):
+        run(tiny_params(), rendered, tmp_path)
+    assert not (tmp_path / "model").exists()  # refused before building anything
+
+
+def test_unknown_or_bad_train_keys_are_errors():
+    with pytest.raises(training.ParamsError, match="unknown train keys"):
+        training.train_settings({"train": {"batchsize": 64}})
+    with pytest.raises(training.ParamsError, match="unknown train.lora keys"):
+        training.train_settings({"train": {"lora": {"rank": 8}}})
+    with pytest.raises(training.ParamsError, match="backend"):
+        training.train_settings({"train": {"backend": "deepspeed"}})
+    assert training.train_settings({})["batch_size"] == 64
+
+
+def test_max_length_is_text_budget_plus_image_tokens():
+    p = tiny_params(max_text_tokens=100)
+    assert training.max_length(p) == 100 + 4  # 64 px -> (64/16)^2/4 image tokens
+    p["render"]["size"] = 672
+    assert training.max_length(p) == 100 + 441
+
+
+def test_too_long_prompt_is_an_error_not_a_truncation(rendered, tmp_path):
+    with pytest.raises(ValueError, match="tokens .* > max_length"):
+        run(tiny_params(max_text_tokens=8), rendered, tmp_path)
+
+
+def test_adapter_and_checkpoints_are_safetensors(straight):
+    folder, summary = straight
+    adapter = folder / "model" / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
+    assert not list(adapter.glob("*.bin"))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert Path(config["base_model_name_or_path"]) == folder / "model" / "base" == Path(summary["base"])
+    checkpoints = sorted((folder / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints and all((c / "adapter_model.safetensors").is_file() for c in checkpoints)
+    assert summary["backend"] == "hf" and summary["resumed_from_step"] == 0
+    assert summary["global_step"] == summary["max_steps"] > 3
+    assert summary["batch"] == {"effective": 4, "micro": 2, "accumulation": 2, "world": 1}
+
+
+def test_adapter_loads_onto_base_and_scores(straight, rendered):
+    from peft import PeftModel
+
+    from maskgate.model import load
+    from maskgate.prompt import Prompt
+    from maskgate.scoring import score
+
+    folder, summary = straight
+    p = tiny_params()
+    base, processor = load(summary["base"])
+    model = PeftModel.from_pretrained(base, summary["adapter"])
+    rows = training.load_split(rendered, "val").select(range(4))
+    scores = score(model, processor, Prompt.from_params(p), [training.to_example(r) for r in rows],
+                   training.max_length(p))
+    assert scores.shape == (4,) and ((0 <= scores) & (scores <= 1)).all()
+
+
+def test_curves_by_optimizer_step_and_no_dvc_yaml(straight):
+    folder, summary = straight
+    metrics = folder / "live" / "plots" / "metrics"
+    loss = (metrics / "train" / "loss.tsv").read_text().split()
+    assert loss[:2] == ["step", "loss"]
+    steps = [int(s) for s in loss[2::2]]
+    assert steps == list(range(1, summary["global_step"] + 1))
+    for name in ("train/learning_rate.tsv", "eval/loss.tsv", "eval/auroc.tsv"):
+        assert (metrics / name).is_file(), name
+    auroc_steps = [int(line.split("\t")[0]) for line in (metrics / "eval" / "auroc.tsv").read_text().splitlines()[1:]]
+    assert auroc_steps[-1] == summary["global_step"] and auroc_steps[0] == 3
+    assert not list(folder.rglob("dvc.yaml"))
+    assert json.loads((folder / "live" / "metrics.json").read_text())["step"] == summary["global_step"]
+
+
+def test_resume_after_interruption_ends_like_an_uninterrupted_run(straight, rendered, tmp_path):
+    reference_folder, reference = straight
+    with pytest.raises(Interrupt):
+        run(tiny_params(), rendered, tmp_path, callbacks=[interrupt_at(3)])
+    assert (tmp_path / "checkpoints" / "checkpoint-2").is_dir()
+    assert not (tmp_path / "model" / "adapter").exists()
+
+    resumed = run(tiny_params(), rendered, tmp_path)
+    assert resumed["resumed_from_step"] == 2
+    assert resumed["global_step"] == reference["global_step"] == resumed["max_steps"]
+    # The Trainer restores optimizer, scheduler, RNG and data order: the same weights as without the interruption.
+    import torch
+
+    ours, theirs = adapter_weights(tmp_path), adapter_weights(reference_folder)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6)
+    # The steps redone after the checkpoint are not logged twice.
+    steps = [int(s) for s in (tmp_path / "live/plots/metrics/train/loss.tsv").read_text().split()[2::2]]
+    assert steps == list(range(1, resumed["global_step"] + 1))
+
+
+def test_checkpoints_of_other_settings_are_not_resumed(tmp_path):
+    (tmp_path / "checkpoint-5").mkdir()
+    (tmp_path / "checkpoint-5" / "trainer_state.json").write_text('{"global_step": 5}')
+    (tmp_path / "fingerprint.json").write_text(json.dumps({"params": {"lr": 2}}))
+    assert training.prepare_checkpoints(tmp_path, print_fn=lambda *_: None, params={"lr": 1}) is None  # other stamp
+    assert not (tmp_path / "checkpoint-5").exists()
+    (tmp_path / "checkpoint-5").mkdir()
+    assert training.prepare_checkpoints(tmp_path, params={"lr": 1}).endswith("checkpoint-5")  # same stamp: resume
