@@ -15,7 +15,6 @@ Prints one JSON line at the end: val_auroc, shortcut_auroc, the wall time of eac
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import os
@@ -135,9 +134,20 @@ def main() -> int:
         if (kinds == kind).any():
             by_kind[kind] = float(roc_auc_score(labels[keep], p[keep]))
 
+    # Per colour named in the query: a model that learnt some colours and not others shows here.
+    from maskgate.demo import COLORS
+
+    queries = np.asarray(val["query"])
+    by_color = {}
+    for color in COLORS:
+        keep = np.char.find(queries.astype(str), color) >= 0
+        if len(set(labels[keep])) == 2:
+            by_color[color] = round(float(roc_auc_score(labels[keep], p[keep])), 4)
+
     result = {
         "val_auroc": round(val_auroc, 4),
         "val_auroc_by_negative_kind": {k: round(v, 4) for k, v in by_kind.items()},
+        "val_auroc_by_query_color": by_color,
         "shortcut_auroc": round(short, 4),
         "examples": summary["examples"],
         "steps": summary["global_step"],

@@ -19,6 +19,10 @@ on the answer token(s) only and checks lengths instead of truncating (TRL's defa
 damage). ``train.max_text_tokens`` budgets the text (prompt text + answer); the image tokens of a
 ``render.size`` image are added on top, so changing the render size never needs a second knob.
 
+The loss is the mean cross-entropy of the answer token(s). TRL 1.15's SFTTrainer computes it with a
+Triton kernel (its fused LM head) that has no CPU driver, so off CUDA the Trainer subclass here takes
+transformers' own loss of the model on the same labels; on CUDA TRL's (or Unsloth's) runs unchanged.
+
 Resume: the Trainer writes checkpoints (adapter as safetensors + optimizer, scheduler and RNG states)
 into ``checkpoints/`` every ``save_steps`` optimizer steps and at the last step. A re-run resumes from
 the newest one and ends at the same step count as an uninterrupted run. A checkpoint folder written
@@ -49,7 +53,7 @@ TRAIN_DEFAULTS: dict = {
     "warmup_ratio": 0.03,  # share of optimizer steps with linear warm-up
     "lr_scheduler": "linear",  # transformers' lr_scheduler_type
     "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
+    "max_grad_norm": 1.0,  # 0 = no clipping
     "max_text_tokens": 256,  # prompt text + answer tokens; image tokens of render.size come on top
     "lora": {
         "r": 16,
@@ -59,8 +63,12 @@ TRAIN_DEFAULTS: dict = {
         # Default: the language model's attention and MLP projections (the vision tower's are named
         # qkv/proj/linear_fc1/linear_fc2 and stay frozen).
         "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        # modules trained in full and saved with the adapter (peft modules_to_save), e.g. [lm_head].
+        # modules trained in full and saved with the adapter (peft modules_to_save; a name matches every
+        # module whose name ends with it, so "proj" takes q_proj ... down_proj too), e.g. [lm_head].
         # Not LoRA on lm_head: TRL computes the loss from lm_head.weight directly and refuses that.
+        # Full fine-tuning in adapter form (the demo's random tiny model, where LoRA learns far slower):
+        # targets [pos_embed] (peft needs one LoRA target) and modules_to_save
+        # [proj, qkv, linear_fc1, linear_fc2, lm_head] = every linear and conv layer.
         "modules_to_save": [],
     },
     "gradient_checkpointing": "auto",  # true | false | auto (on except for the tiny preset)

@@ -11,8 +11,10 @@ git config user.email >/dev/null || export GIT_AUTHOR_NAME="maskgate demo" GIT_A
   GIT_COMMITTER_NAME="maskgate demo" GIT_COMMITTER_EMAIL="demo@maskgate.invalid"
 # The demo recipe (bench/demo_learning.py measures it): 800 coloured-shape scenes at 96 px, the tiny
 # random Qwen3-VL drawn with a wider initialisation (0.125: the default 0.02 barely learns from
-# scratch in minutes), its vision tower and output head trained in full (peft modules_to_save) and
-# LoRA r=64 on the rest, lr 1e-3 with a cosine schedule, 3 epochs of batch 16.
+# scratch in minutes), and *full fine-tuning in adapter form*: every linear layer (the names in
+# modules_to_save match q_proj ... down_proj, the vision tower's and lm_head) is trained in full and
+# saved with the adapter, because LoRA on a random tiny model learns far slower (peft needs one LoRA
+# target: pos_embed). lr 1e-3 with a cosine schedule, 3 epochs of batch 16. The real run keeps LoRA.
 DEMO_PARAMS=(
   -S data.source=demo -S data.demo_images=800
   -S render.size=96 -S render.outline_width=1
