@@ -6,17 +6,15 @@ AUROC, which says how much of the score a model could get from mask statistics a
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 
 from maskgate import metrics, shortcut, tables
-from maskgate.batching import Example
 from maskgate.prompt import Prompt
 from maskgate.scoring import score
+from maskgate.training import to_example
 
 SCORE_SCHEMA = pa.schema([("example_id", pa.string()), ("kind", pa.string()), ("label", pa.int8()),
                           ("p_accept", pa.float64())])
@@ -29,14 +27,13 @@ def score_split(model, processor, prompt: Prompt, rendered: Path, split: str, ma
     out, chunk = [], []
 
     def flush():
-        examples = [Example(Image.open(io.BytesIO(r["overlay"])).convert("RGB"), r["query"], key=r["example_id"])
-                    for r in chunk]
+        examples = [to_example(r) for r in chunk]  # the train stage's decoding; scoring ignores the answer
         p = score(model, processor, prompt, examples, max_length, batch_size, desc=f"evaluate: scoring {split}")
         out.extend({"example_id": r["example_id"], "kind": r["kind"], "label": r["label"], "p_accept": float(s)}
                    for r, s in zip(chunk, p))
         chunk.clear()
 
-    for r in tables.iter_shards(rendered, split, ["example_id", "query", "kind", "label", "overlay"]):
+    for r in tables.iter_shards(rendered, split, ["example_id", "query", "kind", "label", "label_text", "overlay"]):
         chunk.append(r)
         if len(chunk) == CHUNK:
             flush()
