@@ -2,10 +2,35 @@
 
 hard: another ground-truth group of the same image (same statistics, wrong objects).
 easy: a ground-truth group of another image of the same split, scaled to this image's size.
+`per_positive` of these, a share `hard_fraction` hard. Rows short of hard candidates are filled
+with easy ones, and counted.
+
+Two opt-in instance kinds (off by default; `missing_instance` / `extra_instance` candidates per
+positive, on top of `per_positive`) teach the verifier to count instances, not only to find the
+right objects:
+missing_instance: the correct group minus one of its masks (every copy of it). Only for groups of
+  2+ distinct masks; a row whose group has one mask cannot make it and is counted
+  (`single_mask_group`).
+extra_instance: the correct group plus one mask of another ground-truth group of the same image
+  that is not in it; a row whose image has no such mask is counted (`no_other_mask`).
+
 A candidate whose union overlaps the correct group's union with IoU >= max_iou is refused and
-counted: different queries often name the same group, and such a "negative" would be a
-false negative. Rows short of hard candidates are filled with easy ones, and counted.
-Deterministic: each row draws from its own generator seeded by (seed, row id).
+counted, whatever its kind: different queries often name the same group, and such a "negative"
+would be a false negative. The instance kinds obey the rule too, deliberately: another row's pool
+may hold the same object under different RLE (adding it changes no pixel), a group may list one
+object twice, and an instance covering under about (1 - max_iou) of the group's area is hard to
+see in the overlay, so the picture barely differs from the right one. Such candidates are refused
+and counted (`refused_iou`), never kept as doubtful negatives; raise max_iou to keep more of them.
+
+Report (reports/negatives.json): per split, `examples`, `kinds` (examples per kind), `refused_iou`
+(per kind), `filled_with_easy`, `short` (hard/easy negatives wanted but not made); for each instance
+kind that is on, `{kind: {split: {single_mask_group | no_other_mask: rows, short: n}}}`, where
+`short` counts candidates wanted but not made in rows that could make the kind (refused by IoU, the
+same masks as another candidate, or fewer options than wanted). Kinds that are off add no key.
+
+Deterministic: each row draws hard and easy from its own generator seeded by (seed, row id), and
+each instance kind from a generator of its own seeded by (seed, row id, kind), so turning an
+instance kind on leaves the hard and easy negatives (and the other instance kind) unchanged.
 """
 from __future__ import annotations
 
@@ -22,6 +47,10 @@ from tqdm import tqdm
 from maskgate import masks, tables
 
 EASY_TRIES = 20  # random draws per wanted easy negative before the row is counted as short
+# The opt-in instance kinds, each with its own random stream (see row_rng) and the counter of rows
+# that cannot make it at all.
+INSTANCE_KINDS = {"missing_instance": "single_mask_group", "extra_instance": "no_other_mask"}
+_STREAM = {"missing_instance": 1, "extra_instance": 2}
 
 
 @dataclass(frozen=True)
@@ -53,8 +82,21 @@ def scaled_to(c: Candidate, height: int, width: int) -> Candidate:
     return Candidate(c.row_id, c.group, c.image, height, width, counts)
 
 
-def row_rng(seed: int, row_id: str) -> np.random.Generator:
-    return np.random.default_rng([seed, int(hashlib.sha256(row_id.encode()).hexdigest()[:16], 16)])
+def row_rng(seed: int, row_id: str, kind: str | None = None) -> np.random.Generator:
+    """The row's generator for hard and easy (kind None), or an independent one for an instance kind."""
+    entropy = [seed, int(hashlib.sha256(row_id.encode()).hexdigest()[:16], 16)]
+    return np.random.default_rng(entropy if kind is None else entropy + [_STREAM[kind]])
+
+
+def instance_counts(cfg: dict) -> dict[str, int]:
+    """How many candidates of each instance kind a positive gets (0 = off; absent keys are off)."""
+    out = {}
+    for kind in INSTANCE_KINDS:
+        n = cfg.get(kind, 0)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"negatives.{kind} must be a whole number >= 0 (0 = off), got {n!r}")
+        out[kind] = n
+    return out
 
 
 def candidates_by_image(rows: list[dict]) -> dict[str, list[Candidate]]:
@@ -77,7 +119,7 @@ def example(row: dict, c: Candidate, kind: str, index: int) -> dict:
 
 def negatives_for_row(row: dict, pool: dict[str, list[Candidate]], images: list[str], cfg: dict,
                       seed: int, counts: Counter) -> list[dict]:
-    """The positive example of `row` followed by its negatives."""
+    """The positive example of `row` followed by its negatives: hard, easy, then the instance kinds."""
     rng = row_rng(seed, row["row_id"])
     k, max_iou = int(cfg["per_positive"]), float(cfg["max_iou"])
     right = Candidate(row["row_id"], 0, row["image"], row["height"], row["width"], tuple(row["groups"][0]))
@@ -115,7 +157,46 @@ def negatives_for_row(row: dict, pool: dict[str, list[Candidate]], images: list[
         used.add((c.row_id, c.group))
         accept(scaled_to(c, row["height"], row["width"]), "easy")
     counts["short"] += k - len(chosen)
+
+    for kind, want in instance_counts(cfg).items():
+        if not want:
+            continue
+        options = instance_options(row, right, pool, kind)
+        if not options:  # a counted skip: the report says how many rows could not make this kind
+            counts[INSTANCE_KINDS[kind]] += 1
+            continue
+        made = 0
+        for i in row_rng(seed, row["row_id"], kind).permutation(len(options)):
+            if made == want:
+                break
+            made += accept(options[i], kind)
+        counts[f"short_{kind}"] += want - made
     return [example(row, right, "positive", 0)] + [example(row, c, kind, i + 1) for i, (c, kind) in enumerate(chosen)]
+
+
+def instance_options(row: dict, right: Candidate, pool: dict[str, list[Candidate]], kind: str) -> list[Candidate]:
+    """Every candidate of an instance kind for this row; empty when the row cannot make the kind.
+
+    missing_instance: the right group without one of its distinct masks (a group may list one mask
+    twice; that is one instance, removed with all its copies), so always a strict subset.
+    extra_instance: the right group plus one mask of another ground-truth group of the same image
+    that is not in it, so always a strict superset; its provenance (source_row_id, source_group)
+    is the group the added mask comes from.
+    """
+    distinct = list(dict.fromkeys(right.counts))
+    if kind == "missing_instance":
+        if len(distinct) < 2:
+            return []
+        return [Candidate(right.row_id, 0, right.image, right.height, right.width,
+                          tuple(c for c in right.counts if c != drop)) for drop in distinct]
+    inside, sources = set(distinct), {}
+    # sorted by (row id, group): the options and their provenance do not depend on the order of rows
+    for c in sorted(pool[row["image"]], key=lambda c: (c.row_id, c.group)):
+        for m in scaled_to(c, right.height, right.width).counts:
+            if m not in inside and m not in sources:
+                sources[m] = c
+    return [Candidate(c.row_id, c.group, right.image, right.height, right.width, right.counts + (m,))
+            for m, c in sources.items()]
 
 
 def make_examples(rows: list[dict], cfg: dict, seed: int, progress=None) -> tuple[list[dict], Counter]:
@@ -125,6 +206,7 @@ def make_examples(rows: list[dict], cfg: dict, seed: int, progress=None) -> tupl
         raise ValueError(f"negatives.per_positive must be between 3 and 6, got {k}")
     if not 0.0 <= float(cfg["hard_fraction"]) <= 1.0:
         raise ValueError(f"negatives.hard_fraction must be in [0, 1], got {cfg['hard_fraction']}")
+    instance_counts(cfg)  # fail on a bad setting before the first row
     pool = candidates_by_image(rows)
     images = sorted(pool)
     counts: Counter = Counter()
@@ -159,4 +241,10 @@ def build(prepared: Path, out_dir: Path, cfg: dict, seed: int) -> dict:
             report["refused_iou"][split] = {k: counts[f"refused_iou_{k}"] for k in ("hard", "easy")}
             report["filled_with_easy"][split] = counts["filled_with_easy"]
             report["short"][split] = counts["short"]
+            # Instance kinds only when on, so the default report is the same as before they existed.
+            for kind, want in instance_counts(cfg).items():
+                if want:
+                    report["refused_iou"][split][kind] = counts[f"refused_iou_{kind}"]
+                    report.setdefault(kind, {})[split] = {INSTANCE_KINDS[kind]: counts[INSTANCE_KINDS[kind]],
+                                                          "short": counts[f"short_{kind}"]}
     return report

@@ -1,4 +1,5 @@
-"""Stage negatives: each positive (query, correct group) plus 3-6 wrong groups (hard and easy)."""
+"""Stage negatives: each positive (query, correct group) plus 3-6 wrong groups (hard and easy), and the
+opt-in instance kinds (missing_instance, extra_instance) when params.yaml's negatives section turns them on."""
 import argparse
 import sys
 
@@ -17,7 +18,7 @@ def main() -> int:
     params = load_params(args.params)
     try:
         report = build(args.prepared, args.out, params["negatives"], int(params["seed"]))
-    except ValueError as e:
+    except (OSError, ValueError) as e:  # OSError: data/prepared missing or unreadable
         print(f"negatives failed: {e}", file=sys.stderr)
         return 1
     write_json(report, args.report)

@@ -1,8 +1,11 @@
+import hashlib
+import json
 from collections import Counter
 
+import numpy as np
 import pytest
 
-from maskgate import masks, negatives
+from maskgate import masks, metrics, negatives, prepare, tables
 from tests.conftest import box_mask
 
 CFG = {"per_positive": 4, "hard_fraction": 0.5, "max_iou": 0.9}
@@ -77,3 +80,142 @@ def test_deterministic_and_seeded(rows):
 def test_per_positive_range(rows, k):
     with pytest.raises(ValueError, match="between 3 and 6"):
         negatives.make_examples(rows, dict(CFG, per_positive=k), seed=0)
+
+
+# ----------------------------------------------------------------------------- instance kinds
+
+INSTANCE_ON = dict(CFG, missing_instance=1, extra_instance=2)
+
+
+def digest(examples, counts) -> str:
+    return hashlib.sha256(json.dumps([examples, dict(sorted(counts.items()))], sort_keys=True).encode()).hexdigest()
+
+
+def by_row(examples):
+    out = {}
+    for e in examples:
+        out.setdefault(e["row_id"], []).append(e)
+    return out
+
+
+def union(e):
+    return masks.union(masks.decode_group(e["masks"], e["height"], e["width"]))
+
+
+def test_defaults_unchanged_by_the_instance_kinds(rows):
+    # The digest of this fixture's output at seed 0 made by the code before the instance kinds
+    # existed (commit b932c4a): the defaults must still give exactly those examples and counts.
+    before = "c2e59c27accad7d42f95d911c6c5e86e7d921e0889c47fbd7a33b58f3e2f7f62"
+    assert digest(*negatives.make_examples(rows, CFG, seed=0)) == before
+    assert digest(*negatives.make_examples(rows, dict(CFG, missing_instance=0, extra_instance=0), seed=0)) == before
+
+
+def test_instance_kinds_leave_hard_and_easy_as_they_were(rows):
+    off = negatives.make_examples(rows, CFG, seed=0)[0]
+    on = negatives.make_examples(rows, INSTANCE_ON, seed=0)[0]
+    assert [e for e in on if e["kind"] in ("positive", "hard", "easy")] == off
+    only_missing = negatives.make_examples(rows, dict(CFG, missing_instance=1), seed=0)[0]
+    assert [e for e in on if e["kind"] == "missing_instance"] == [e for e in only_missing if e["kind"] == "missing_instance"]
+
+
+def test_missing_instance_is_a_strict_subset_and_single_mask_rows_are_counted(rows):
+    examples, counts = negatives.make_examples(rows, INSTANCE_ON, seed=0)
+    missing = [e for e in examples if e["kind"] == "missing_instance"]
+    assert {e["row_id"] for e in missing} == {f"i{i}-b" for i in range(5)}  # the only groups of 2 masks
+    for e in missing:
+        right = by_row(examples)[e["row_id"]][0]
+        assert set(e["masks"]) < set(right["masks"]) and len(e["masks"]) == len(right["masks"]) - 1
+        assert e["label"] == 0 and (e["source_row_id"], e["source_group"]) == (e["row_id"], 0)
+        assert masks.iou(union(e), union(right)) < CFG["max_iou"]
+    assert counts["single_mask_group"] == sum(len(r["groups"][0]) == 1 for r in rows) == 16
+    assert counts["short_missing_instance"] == 0
+
+
+def test_extra_instance_adds_one_mask_of_the_same_image(rows):
+    examples, counts = negatives.make_examples(rows, INSTANCE_ON, seed=0)
+    extra = [e for e in examples if e["kind"] == "extra_instance"]
+    source = {r["row_id"]: r for r in rows}
+    assert len(extra) == 2 * (len(rows) - 1)  # every row but "big", alone on its image, gets 2
+    for e in extra:
+        right = by_row(examples)[e["row_id"]][0]
+        added = set(e["masks"]) - set(right["masks"])
+        assert set(e["masks"]) > set(right["masks"]) and len(added) == 1
+        src = source[e["source_row_id"]]
+        assert src["image"] == e["image"] and added <= set(src["groups"][e["source_group"]])
+        assert masks.iou(union(e), union(right)) < CFG["max_iou"]
+    assert counts["no_other_mask"] == 1  # "big"
+    # adding i{i}-d's near copy of i{i}-a's box to i{i}-a changes almost no pixel: refused, counted
+    assert counts["refused_iou_extra_instance"] >= 5
+
+
+def test_instance_kinds_obey_max_iou_and_count_each_instance_once():
+    big, tiny = box_mask(40, 60, 0, 30, 0, 40), box_mask(40, 60, 35, 37, 55, 57)
+    near = big.copy()
+    near[30, 0] = True
+    rows = [row("bt", "img0", [[big, tiny]]), row("twice", "img1", [[big, big]]),
+            row("near", "img1", [[near]]), row("other", "img2", [[box_mask(40, 60, 5, 9, 50, 58)]])]
+    examples, counts = negatives.make_examples(rows, dict(CFG, missing_instance=2, extra_instance=1), seed=0)
+    missing = [e for e in examples if e["kind"] == "missing_instance"]
+    # "bt" without the tiny box is the right group's picture: refused; without the big one it is kept
+    assert [(e["row_id"], e["masks"]) for e in missing] == [("bt", [masks.encode(tiny)])]
+    assert counts["refused_iou_missing_instance"] == 1 and counts["short_missing_instance"] == 1
+    # a group listing one mask twice holds one instance: it cannot lose one
+    assert counts["single_mask_group"] == 3
+    # "twice" and "near" are each other's only extra mask, and it adds one pixel at most: refused
+    assert not [e for e in examples if e["kind"] == "extra_instance" and e["image"] == "img1"]
+    assert counts["refused_iou_extra_instance"] == 2 and counts["short_extra_instance"] == 2
+
+
+def test_instance_kinds_are_seeded_per_row(rows):
+    a = negatives.make_examples(rows, INSTANCE_ON, seed=0)[0]
+    assert a == negatives.make_examples(rows, INSTANCE_ON, seed=0)[0]
+    assert a != negatives.make_examples(rows, INSTANCE_ON, seed=1)[0]
+
+    def instance_examples(examples):
+        return sorted((e["example_id"], e["masks"], e["source_row_id"], e["source_group"])
+                      for e in examples if e["kind"] in negatives.INSTANCE_KINDS)
+
+    # a row's instance negatives do not depend on the order of the other rows
+    assert instance_examples(a) == instance_examples(negatives.make_examples(rows[::-1], INSTANCE_ON, seed=0)[0])
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_instance_settings_are_checked(rows, bad):
+    with pytest.raises(ValueError, match="negatives.missing_instance must be a whole number"):
+        negatives.make_examples(rows, dict(CFG, missing_instance=bad), seed=0)
+
+
+def test_by_kind_reports_the_instance_kinds(rows):
+    examples, _ = negatives.make_examples(rows, INSTANCE_ON, seed=0)
+    p = np.random.default_rng(0).random(len(examples))
+    m = metrics.compute_metrics([e["label"] for e in examples], p, [e["kind"] for e in examples], [0.5], 0.9)
+    kinds = Counter(e["kind"] for e in examples)
+    assert set(m["by_kind"]) == {"hard", "easy", "missing_instance", "extra_instance"}
+    for kind, scores in m["by_kind"].items():
+        assert (scores["n"], scores["n_positive"]) == (kinds["positive"] + kinds[kind], kinds["positive"])
+
+
+def stage_outputs(prepared, out, cfg):
+    report = negatives.build(prepared, out, cfg, seed=0)
+    return report, {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_stage_output_and_report(tmp_path, boxes_dataset, params):
+    params["data"].update(source="local", path=str(boxes_dataset))
+    prepare.prepare(params, tmp_path / "prepared")
+    default = {k: params["negatives"][k] for k in ("per_positive", "hard_fraction", "max_iou")}
+    assert params["negatives"]["missing_instance"] == params["negatives"]["extra_instance"] == 0  # off by default
+
+    before = stage_outputs(tmp_path / "prepared", tmp_path / "a", default)
+    assert stage_outputs(tmp_path / "prepared", tmp_path / "b", params["negatives"]) == before  # byte-identical
+    assert set(before[0]) == {"examples", "kinds", "refused_iou", "filled_with_easy", "short"}
+
+    on = dict(params["negatives"], missing_instance=1, extra_instance=1)
+    report, files = stage_outputs(tmp_path / "prepared", tmp_path / "c", on)
+    assert stage_outputs(tmp_path / "prepared", tmp_path / "d", on) == (report, files)
+    assert report["missing_instance"]["train"]["single_mask_group"] > 0  # the "top box" rows, one mask each
+    assert set(report["extra_instance"]["train"]) == {"no_other_mask", "short"}
+    assert report["kinds"]["train"]["missing_instance"] > 0 and report["kinds"]["train"]["extra_instance"] > 0
+    assert set(report["refused_iou"]["train"]) == {"hard", "easy", "missing_instance", "extra_instance"}
+    written = tables.read_table(tmp_path / "c" / "train.parquet")
+    assert Counter(e["kind"] for e in written) == Counter(report["kinds"]["train"])
