@@ -64,3 +64,57 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def decode_group(group: list[str], height: int, width: int) -> list[np.ndarray]:
     return [decode(c, height, width) for c in group]
+
+
+def rescaled(mask: np.ndarray, height: int, width: int, what: str) -> np.ndarray:
+    """`mask` at (height, width): as is, or scaled when only the resolution differs; BadMask otherwise."""
+    h, w = mask.shape
+    if (h, w) == (height, width):
+        return mask
+    if abs(h / w - height / width) >= 0.01 * (height / width):
+        raise BadMask(f"{what} is {h}x{w}, the image is {height}x{width} (another aspect ratio)")
+    return resize(mask, height, width)
+
+
+def from_spec(spec, height: int, width: int, base_dir) -> str:
+    """A mask given in any of the gate's forms, as a compressed RLE string at (height, width).
+
+    Forms: a COCO RLE dict ``{"size": [h, w], "counts": str | [int, ...]}``; a polygon in image
+    pixels (``[x1, y1, x2, y2, ...]`` or a list of such rings, one mask); or the path of a mask
+    image (non-zero pixels inside), relative to `base_dir`. A mask of another resolution with the
+    same aspect ratio is rescaled, as prepare does; anything else is a BadMask saying why.
+    """
+    if isinstance(spec, dict):
+        try:
+            h, w = (int(v) for v in spec["size"])
+            counts = spec["counts"]
+        except (KeyError, TypeError, ValueError):
+            raise BadMask("an RLE needs size [h, w] and counts") from None
+        if isinstance(counts, list):  # uncompressed RLE: pycocotools compresses it
+            if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != h * w:
+                raise BadMask(f"uncompressed RLE counts must be non-negative integers summing to {h}x{w}")
+            counts = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)["counts"]
+        if not isinstance(counts, (str, bytes)):
+            raise BadMask("RLE counts must be a string (compressed) or a list of integers")
+        return encode(rescaled(decode(counts, h, w), height, width, "RLE mask"))
+    if isinstance(spec, str):
+        from pathlib import Path
+
+        path = Path(base_dir) / spec
+        if not path.is_file():
+            raise BadMask(f"mask image {spec} not found")
+        try:
+            with Image.open(path) as img:
+                m = np.asarray(img.convert("L")) > 0
+        except Exception as e:  # PIL raises many types for broken files
+            raise BadMask(f"mask image {spec} does not decode: {type(e).__name__}: {e}") from None
+        return encode(rescaled(m, height, width, f"mask image {spec}"))
+    if isinstance(spec, list) and spec:
+        rings = spec if isinstance(spec[0], list) else [spec]
+        for ring in rings:
+            if (not isinstance(ring, list) or len(ring) < 6 or len(ring) % 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ring)):
+                raise BadMask("a polygon is a list of at least 3 x, y pairs in image pixels")
+        rle = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in r] for r in rings], height, width))
+        return rle["counts"].decode("ascii")
+    raise BadMask("a mask is an RLE dict, a polygon (list of numbers) or a mask image path")

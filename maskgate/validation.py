@@ -43,9 +43,16 @@ def query_of(row: dict) -> str:
         raise BadRow("bad_row", "no human turn with a text value")
     text = human["value"]
     text = text.split("<mask_pool>", 1)[1] if "<mask_pool>" in text else text.replace("<image>", "")
-    text = text.strip()
     if "<mask-ref>" in text:
         raise BadRow("mask_ref_query", "queries with a reference mask are not handled yet")
+    return clean_query(text)
+
+
+def clean_query(text: object) -> str:
+    """The query with runs of whitespace made one space; BadRow if empty or too long."""
+    if not isinstance(text, str):
+        raise BadRow("empty_query", "the query is not a string")
+    text = text.strip()
     if not text:
         raise BadRow("empty_query")
     if len(text) > MAX_QUERY_CHARS:
@@ -72,6 +79,8 @@ class ImageChecker:
             data = self.store.read(name)
         except ImageMissing:
             return BadRow("missing_image", name)
+        if not data:
+            return BadRow("undecodable_image", f"{name}: empty file (0 bytes)")
         try:
             img = decode_image(data)
         except Exception as e:  # PIL raises many types for broken files; all mean "not an image"
@@ -81,27 +90,37 @@ class ImageChecker:
         return img.height, img.width
 
 
+def _rle_size(size: object, index: int) -> tuple[int, int]:
+    """(height, width) of an RLE's `size`; BadRow unless it is two positive integers."""
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise BadRow("bad_rle", f"mask {index}: size {size!r} is not [height, width] in positive integers")
+    return int(size[0]), int(size[1])
+
+
 def _rle_of(pool: list, index: object, height: int, width: int, policy: str, stats: Counter) -> str:
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(pool):
         raise BadRow("index_out_of_range", f"index {index!r} into a pool of {len(pool)}")
     rle = pool[index]
     if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
         raise BadRow("bad_rle", f"mask {index} is not a {{size, counts}} dict")
+    h, w = _rle_size(rle["size"], index)
+    counts = rle["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii", errors="replace")
+    if not isinstance(counts, str) or not counts.isascii():
+        raise BadRow("bad_rle", f"mask {index}: counts must be a compressed RLE string (ASCII)")
+    # The size is checked before decoding, so a mask claiming a huge size is never allocated.
+    if (h, w) != (height, width):
+        same_shape = abs(h / w - height / width) < 0.01 * (height / width)
+        if policy != "rescale" or not same_shape:
+            raise BadRow("mask_size_mismatch", f"mask {index} is {h}x{w}, image is {height}x{width}")
     try:
-        h, w = (int(v) for v in rle["size"])
-        counts = rle["counts"]
-        if not isinstance(counts, (str, bytes)):
-            raise BadRow("bad_rle", f"mask {index}: counts must be a compressed RLE string")
         m = masks.decode(counts, h, w)
     except masks.BadMask as e:
         raise BadRow("bad_rle", f"mask {index}: {e}") from None
-    except (TypeError, ValueError) as e:
-        raise BadRow("bad_rle", f"mask {index}: size {rle['size']!r}: {e}") from None
     if (h, w) == (height, width):
-        return counts if isinstance(counts, str) else counts.decode("ascii")
-    same_shape = abs(h / w - height / width) < 0.01 * (height / width)
-    if policy != "rescale" or not same_shape:
-        raise BadRow("mask_size_mismatch", f"mask {index} is {h}x{w}, image is {height}x{width}")
+        return counts
     stats["masks_rescaled"] += 1
     return masks.encode(masks.resize(m, height, width))
 
@@ -124,7 +143,7 @@ def validate(raw: dict, images: ImageChecker, policy: str, stats: Counter) -> Ro
     checked = []
     for g in groups:
         if not isinstance(g, list) or not g:
-            raise BadRow("empty_group")
+            raise BadRow("empty_group", f"group {len(checked)} is {g!r}, not a list of mask indices")
         checked.append([_rle_of(pool, i, height, width, policy, stats) for i in g])
     if not masks.union(masks.decode_group(checked[0], height, width)).any():
         raise BadRow("empty_group", "the named group covers no pixel")

@@ -1,9 +1,16 @@
-"""Stage train: a LoRA adapter for the verifier on the rendered train shards (resumes when re-run)."""
+"""Stage train: a LoRA adapter for the verifier on the rendered train shards (resumes when re-run).
+
+With train.gpus > 1 it relaunches itself under torchrun, one process per GPU (maskgate/launch.py);
+started by torchrun or accelerate launch directly, it trains on the processes they started.
+"""
 import argparse
 import sys
 
+from maskgate import launch
 from maskgate.params import load_params
-from maskgate.training import ParamsError, resolve_backend  # imports no ML library: unsloth must come first
+from maskgate.training import (  # imports no ML library: unsloth must come first
+    ParamsError, gradient_accumulation, resolve_backend, train_settings, world_size,
+)
 
 
 def main() -> int:
@@ -17,16 +24,29 @@ def main() -> int:
     args = ap.parse_args()
     params = load_params(args.params)
     try:
+        cfg = train_settings(params)
+        if not launch.launched() and cfg["gpus"] > 1:
+            gradient_accumulation(cfg["batch_size"], cfg["micro_batch_size"], cfg["gpus"])  # fail here, not in N processes
+            launch.check_gpus(cfg["gpus"])
+            launch.relaunch(cfg["gpus"], __file__, sys.argv[1:])  # does not return
+        if launch.launched() and launch.is_main_process() and world_size() != cfg["gpus"]:
+            print(f"train: {world_size()} processes from the launcher (train.gpus {cfg['gpus']} not used)")
+    except (ParamsError, ValueError) as e:
+        print(f"train failed: {e}", file=sys.stderr)
+        return 1
+    try:
         backend = resolve_backend(params)  # imports unsloth here, before transformers, when it picks it
         from maskgate.tables import write_json
         from maskgate.training import train
         from maskgate.verifier import write_manifest
 
         summary = train(params, args.rendered, args.out, args.checkpoints, args.live, backend=backend)
-    except (ParamsError, ValueError) as e:
+    except (ParamsError, OSError, ValueError) as e:  # OSError: missing shards or base model files
         print(f"train failed: {e}", file=sys.stderr)
         return 1
-    write_manifest(args.out, summary["preset"], summary["base"], summary["backend"])
+    if not launch.is_main_process():  # data-parallel: rank 0 writes the manifest and the report
+        return 0
+    write_manifest(args.out, summary["preset"], summary["base"], summary["backend"], params, summary["max_length"])
     write_json(summary, args.report)
     print(f"train: {summary['global_step']} steps on {summary['backend']}, loss {summary['train_loss']:.4f}, "
           f"eval AUROC {summary['eval_auroc']}")

@@ -83,3 +83,26 @@ def tiny_qwen3vl_dir(tmp_path_factory, verifier_prompt):
     out = tmp_path_factory.mktemp("tiny_qwen3vl")
     build_tiny(out, verifier_prompt, seed=0)
     return out
+
+
+def save_tiny_verifier(out: Path, tiny_dir: Path, params: dict, max_length: int = 4096):
+    """A tiny base with a fresh (non-zero) LoRA adapter, saved the way the train stage saves it."""
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+
+    from maskgate import model as M
+    from maskgate import verifier
+
+    shutil.copytree(tiny_dir, out / "base")
+    base, _ = M.load(out / "base")
+    peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft.save_pretrained(out / "adapter", safe_serialization=True)
+    verifier.write_manifest(out, "tiny", str(out / "base"), "hf", params, max_length)
+    return out, peft
+
+
+@pytest.fixture
+def tiny_verifier(tmp_path, tiny_qwen3vl_dir, params):
+    """(model folder, the peft model in memory) of an untrained tiny verifier."""
+    return save_tiny_verifier(tmp_path / "verifier", tiny_qwen3vl_dir, params)

@@ -17,27 +17,12 @@ def test_measure_from_hand_made_scores():
     assert point["reached"] and point["threshold"] == pytest.approx(0.7)
 
 
-@pytest.fixture
-def tiny_verifier(tmp_path, tiny_qwen3vl_dir):
-    """A tiny base with a fresh LoRA adapter, saved the way the train stage saves it."""
-    import shutil
-
-    from peft import LoraConfig, get_peft_model
-
-    from maskgate import model as M
-
-    out = tmp_path / "verifier"
-    shutil.copytree(tiny_qwen3vl_dir, out / "base")
-    base, _ = M.load(out / "base")
-    peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    peft.save_pretrained(out / "adapter", safe_serialization=True)
-    verifier.write_manifest(out, "tiny", str(out / "base"), "hf")
-    return out, peft
-
-
 def test_manifest_keeps_a_local_base_relative(tiny_verifier):
     out, _ = tiny_verifier
-    assert verifier.read_manifest(out) == {"adapter": "adapter", "backend": "hf", "base": "base", "preset": "tiny"}
+    manifest = verifier.read_manifest(out)
+    assert {k: manifest[k] for k in ("adapter", "backend", "base", "preset")} == {
+        "adapter": "adapter", "backend": "hf", "base": "base", "preset": "tiny"}
+    assert set(manifest) == {"adapter", "backend", "base", "preset", "prompt", "render", "max_length"}
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 

@@ -1,0 +1,317 @@
+"""The quality gate: score candidate mask groups with the trained verifier and route them.
+
+A manifest is a JSONL file, one candidate group per line::
+
+    {"id": "cat-17", "image": "photos/17.jpg", "query": "the two cats", "masks": [MASK, ...]}
+
+where MASK is a COCO RLE dict (``{"size": [h, w], "counts": "..." or [ints]}``), a polygon in
+image pixels (``[x1, y1, x2, y2, ...]`` or a list of such rings) or the path of a mask image
+(non-zero = inside). Relative paths are relative to the manifest's folder; `id` is optional (the
+line number stands in). Other keys are kept and copied to the outputs.
+
+Each good line is drawn exactly as the render stage draws an example (`render.render_image`, the
+style the adapter was trained with, from `verifier.json`), scored in batches (`scoring.score`:
+one forward pass, P(ACCEPT)), and decided at the threshold evaluate chose
+(`reports/operating_point.json`) or one given. A bad line is reported with its reason and routed
+to a person; it never stops the run.
+
+Outputs in the out folder:
+
+* ``scores.jsonl``: the progress log, appended and flushed batch by batch. A re-run reads it and
+  scores only the lines not in it, so an interrupted run loses at most the batch in flight.
+* ``results.jsonl``: every manifest line in order: line, id, p_accept, decision, or error + detail.
+* ``auto_pass.jsonl`` / ``needs_review.jsonl``: the manifest lines themselves (with p_accept,
+  decision or error added), split by route; bad lines go to needs_review.
+* ``summary.json``: counts per route and per error reason, the threshold and where it came from.
+
+The last four are rewritten whole (temporary name, then rename) at the end of every run, from
+``scores.jsonl`` and the current threshold.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from maskgate import masks, tables
+from maskgate.overlay import Style, decode_image
+from maskgate.validation import BadRow, clean_query
+
+SCORES, RESULTS, AUTO_PASS, NEEDS_REVIEW, SUMMARY = (
+    "scores.jsonl", "results.jsonl", "auto_pass.jsonl", "needs_review.jsonl", "summary.json")
+
+
+class BadLine(ValueError):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A checked manifest line, ready to draw: the image bytes and the group as RLE at its size."""
+    line: int
+    key: str
+    id: str
+    query: str
+    image: bytes
+    height: int
+    width: int
+    group: list[str]
+
+
+def line_key(text: str) -> str:
+    """Names a line's content, so a resumed run notices a manifest edited in between."""
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of every non-blank line; undecodable bytes are kept as escapes."""
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        for number, text in enumerate(f, start=1):
+            text = text.rstrip("\r\n")
+            if text.strip():
+                yield number, text
+
+
+def parse_line(number: int, text: str, base_dir: Path) -> Candidate:
+    """A Candidate, or BadLine naming the first thing wrong with the line."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadLine("not_utf8", "the line holds bytes that are not UTF-8") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadLine("bad_json", str(e)) from None
+    if not isinstance(obj, dict):
+        raise BadLine("bad_line", "a line must be a JSON object")
+    missing = [k for k in ("image", "query", "masks") if k not in obj]
+    if missing:
+        raise BadLine("bad_line", f"missing {', '.join(missing)}")
+    try:
+        query = clean_query(obj["query"])
+    except BadRow as e:
+        raise BadLine(e.reason, e.detail) from None
+    if not isinstance(obj["image"], str) or not obj["image"]:
+        raise BadLine("bad_line", "image must be a path")
+    path = base_dir / obj["image"]
+    if not path.is_file():
+        raise BadLine("missing_image", str(obj["image"]))
+    data = path.read_bytes()
+    try:
+        img = decode_image(data)
+    except Exception as e:  # PIL raises many types for broken files; all mean "not an image"
+        raise BadLine("undecodable_image", f"{obj['image']}: {type(e).__name__}: {e}") from None
+    if img.width == 0 or img.height == 0:
+        raise BadLine("undecodable_image", f"{obj['image']}: zero size")
+    if not isinstance(obj["masks"], list) or not obj["masks"]:
+        raise BadLine("empty_group", "masks must be a non-empty list")
+    group = []
+    for i, spec in enumerate(obj["masks"]):
+        try:
+            group.append(masks.from_spec(spec, img.height, img.width, base_dir))
+        except masks.BadMask as e:
+            raise BadLine("bad_mask", f"mask {i}: {e}") from None
+    if not masks.union(masks.decode_group(group, img.height, img.width)).any():
+        raise BadLine("empty_group", "the masks cover no pixel")
+    ident = obj.get("id", number)
+    return Candidate(number, line_key(text), str(ident), query, data, img.height, img.width, group)
+
+
+def overlay(c: Candidate, style: Style) -> bytes:
+    """The candidate drawn by the render stage's own code: byte-identical to a rendered example."""
+    from maskgate.render import render_image
+
+    return render_image(c.image, [c.group], c.height, c.width, style)[0]
+
+
+def decide(p_accept: float, threshold: float) -> bool:
+    """Auto-pass iff P(ACCEPT) >= threshold, the rule evaluate's operating point was chosen by."""
+    return p_accept >= threshold
+
+
+def threshold_from(operating_point: Path | None, threshold: float | None) -> tuple[float, str]:
+    """(threshold, where it came from): the one given, else evaluate's operating point."""
+    if threshold is not None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
+        return float(threshold), "given"
+    if operating_point is None or not Path(operating_point).is_file():
+        raise FileNotFoundError(
+            f"no operating point at {operating_point}: run `dvc repro evaluate`, or pass --threshold")
+    point = json.loads(Path(operating_point).read_text())
+    source = f"{operating_point} (target precision {point.get('target_precision')}"
+    source += ")" if point.get("reached") else ", not reached: nothing auto-passes)"
+    return float(point["threshold"]), source
+
+
+class Gate:
+    """A loaded verifier with the input contract it was trained on (verifier.json)."""
+
+    def __init__(self, model_dir: Path, device: str | None = None):
+        from maskgate.prompt import Prompt
+        from maskgate.verifier import load_verifier, read_manifest
+
+        manifest = read_manifest(model_dir)
+        if "render" not in manifest:
+            raise ValueError(f"{model_dir}/verifier.json predates the gate (no render/prompt recorded): "
+                             "re-run `dvc repro train`")
+        params = {"render": manifest["render"], "prompt": manifest["prompt"]}
+        self.style, self.prompt = Style.from_params(params), Prompt.from_params(params)
+        self.max_length = int(manifest["max_length"])
+        self.model, self.processor = load_verifier(model_dir, device)
+
+    def check_length(self, c: Candidate, jpeg: bytes) -> None:
+        """BadLine if the query would not fit the token budget (instead of failing its whole batch)."""
+        from maskgate.batching import check_lengths
+
+        try:
+            check_lengths(self.processor, self.prompt, [example(c, jpeg)], self.max_length, train=False)
+        except ValueError as e:
+            raise BadLine("query_too_long", str(e)) from None
+
+    def score(self, batch: list[tuple[Candidate, bytes]], batch_size: int) -> list[float]:
+        from maskgate.scoring import score
+
+        examples = [example(c, jpeg) for c, jpeg in batch]
+        p = score(self.model, self.processor, self.prompt, examples, self.max_length, batch_size, desc="gate: batch")
+        return [float(v) for v in p]
+
+
+def example(c: Candidate, jpeg: bytes):
+    from maskgate.training import to_example  # the train and evaluate stages' decoding of an overlay
+
+    return to_example({"overlay": jpeg, "query": c.query, "label_text": None, "example_id": c.id})
+
+
+def read_log(path: Path) -> dict[int, dict]:
+    """Records of scores.jsonl by line; a torn last record (killed mid-write) is cut off."""
+    done: dict[int, dict] = {}
+    if not path.exists():
+        return done
+    raw = path.read_bytes()
+    end = raw.rfind(b"\n") + 1
+    if end < len(raw):  # the tail was being written when the run died: score that line again
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    for text in raw[:end].decode("utf-8").splitlines():
+        record = json.loads(text)
+        done[record["line"]] = record
+    return done
+
+
+def error_record(number: int, text: str, e: BadLine) -> dict:
+    ident = None
+    try:
+        obj = json.loads(text)
+        ident = obj.get("id") if isinstance(obj, dict) else None
+    except ValueError:
+        pass
+    return {"line": number, "key": line_key(text), "id": str(ident if ident is not None else number),
+            "error": e.reason, "detail": e.detail}
+
+
+def append(log, records: list[dict]) -> None:
+    for r in records:
+        log.write(json.dumps(r, sort_keys=True) + "\n")
+    log.flush()
+    os.fsync(log.fileno())
+
+
+def run(manifest: Path, out_dir: Path, gate: Gate, threshold: float, threshold_source: str,
+        batch_size: int = 16, fresh: bool = False, progress: bool = True) -> dict:
+    """Score every line of `manifest` not yet in `out_dir/scores.jsonl`, then write the routing."""
+    from tqdm.auto import tqdm
+
+    manifest, out_dir = Path(manifest), Path(out_dir)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"manifest not found: {manifest}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / SCORES
+    if fresh and log_path.exists():
+        log_path.unlink()
+    done = read_log(log_path)
+    lines = list(read_lines(manifest))
+    stale = [n for n, text in lines if n in done and done[n]["key"] != line_key(text)]
+    if stale:
+        raise ValueError(f"{log_path} holds scores of another manifest (line {stale[0]} changed since): "
+                         "use another --out, or --fresh to start over")
+    base_dir = manifest.parent
+    todo = [(n, text) for n, text in lines if n not in done]
+    pending: list[tuple[Candidate, bytes]] = []
+    with open(log_path, "a", encoding="utf-8") as log, tqdm(
+        total=len(lines), initial=len(lines) - len(todo), desc="gate", unit="line", disable=not progress
+    ) as bar:
+        def flush():
+            p = gate.score(pending, batch_size)
+            append(log, [{"line": c.line, "key": c.key, "id": c.id, "p_accept": v} for (c, _), v in zip(pending, p)])
+            bar.update(len(pending))
+            pending.clear()
+
+        for number, text in todo:
+            try:
+                c = parse_line(number, text, base_dir)
+                jpeg = overlay(c, gate.style)
+                gate.check_length(c, jpeg)
+            except BadLine as e:
+                append(log, [error_record(number, text, e)])
+                bar.update(1)
+                continue
+            pending.append((c, jpeg))
+            if len(pending) == batch_size:
+                flush()
+        if pending:
+            flush()
+    return route(lines, read_log(log_path), out_dir, threshold, threshold_source, gate.prompt.answers)
+
+
+def route(lines: list[tuple[int, str]], done: dict[int, dict], out_dir: Path, threshold: float,
+          threshold_source: str, answers: tuple[str, ...]) -> dict:
+    """Write results, auto_pass, needs_review and summary from the scores; return the summary."""
+    results, passed, review, errors = [], [], [], Counter()
+    for number, text in lines:
+        r = dict(done[number])
+        r.pop("key")
+        if "error" in r:
+            errors[r["error"]] += 1
+            r["route"] = "needs_review"
+        else:
+            accept = decide(r["p_accept"], threshold)
+            r["decision"] = answers[0] if accept else answers[1]
+            r["route"] = "auto_pass" if accept else "needs_review"
+        results.append(r)
+        try:
+            original = json.loads(text)
+            original = original if isinstance(original, dict) else {"line_text": text}
+        except ValueError:
+            original = {"line_text": text}
+        extra = {k: v for k, v in r.items() if k not in ("line", "id")}
+        (passed if r["route"] == "auto_pass" else review).append({**original, "line": number, **extra})
+    for name, records in ((RESULTS, results), (AUTO_PASS, passed), (NEEDS_REVIEW, review)):
+        write_jsonl(records, out_dir / name)
+    summary = {"lines": len(lines), "auto_pass": len(passed), "needs_review": len(review),
+               "bad_lines": sum(errors.values()), "errors": dict(sorted(errors.items())),
+               "threshold": threshold, "threshold_source": threshold_source}
+    tables.write_json(summary, out_dir / SUMMARY)
+    return summary
+
+
+def write_jsonl(records: list[dict], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def verify(manifest: Path, model_dir: Path = Path("models/verifier"), out_dir: Path = Path("gate"),
+           operating_point: Path | None = Path("reports/operating_point.json"), threshold: float | None = None,
+           batch_size: int = 16, fresh: bool = False, device: str | None = None, progress: bool = True) -> dict:
+    """The gate from Python: score and route a manifest; returns the summary (see module doc)."""
+    t, source = threshold_from(operating_point, threshold)
+    return run(manifest, out_dir, Gate(model_dir, device), t, source, batch_size, fresh, progress)

@@ -1,0 +1,174 @@
+"""`maskgate report`: params and metrics diffs and overlaid curves between two revisions, offline."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from maskgate import metrics
+from maskgate.report import COMMENT_MARKER, ReportError, write_report
+from maskgate.tables import write_json
+from tests.conftest import ROOT
+from tests.test_pipeline_dvc import project_copy, sh
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+
+
+def report(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m maskgate report ...` in `repo`, with this checkout's maskgate package."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    return subprocess.run([sys.executable, "-m", "maskgate", "report", *args], cwd=repo, env=env,
+                          capture_output=True, text=True)
+
+
+def table_rows(md: str, heading: str) -> dict[str, list[str]]:
+    """The rows of the Markdown table under `## heading`: {second cell: the cells after it}."""
+    section = md.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) > 2 and not set(cells[0]) <= {"-"} and cells[0] != "Path":
+            rows[cells[1]] = cells[2:]
+    return rows
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested metrics as DVC names them: {"by_kind.hard.auroc": value, ...}."""
+    out = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def write_evaluation(repo: Path, seed: int, noise: float) -> dict:
+    """metrics.json and the plot files of the evaluate stage, from scores drawn at random."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([1] * 30 + [0] * 90)
+    kinds = ["positive"] * 30 + ["hard"] * 45 + ["easy"] * 45
+    p = np.clip(labels * 0.6 + 0.2 + rng.normal(0, noise, len(labels)), 0, 1)
+    m = metrics.compute_metrics(labels, p, kinds, [0.5, 0.9], 0.95)
+    write_json(m, repo / "reports/metrics.json")
+    metrics.write_plots(labels, p, repo / "reports/plots", names=("ACCEPT", "REJECT"))
+    return m
+
+
+def set_param(repo: Path, dotted: str, value):
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    *path, last = dotted.split(".")
+    node = p
+    for k in path:
+        node = node[k]
+    node[last] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+
+
+def pipeline_only(tmp: Path) -> Path:
+    """A git repo with the project's pipeline and params (what the diffs read), no code or data."""
+    repo = tmp / "repo"
+    for f in ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
+        (repo / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, repo / f)
+    sh("git", "init", "-q", cwd=repo)
+    sh(*GIT, "add", "-A", cwd=repo)
+    sh(*GIT, "commit", "-qm", "copy", cwd=repo)
+    return repo
+
+
+@pytest.fixture
+def two_commits(tmp_path):
+    """The pipeline in a fresh git repo: commit `copy` (no evaluation), branch `base` (one), and a
+    workspace with two params and the evaluation changed."""
+    repo = pipeline_only(tmp_path)
+    base_metrics = write_evaluation(repo, seed=1, noise=0.3)
+    sh(*GIT, "add", "reports", cwd=repo)
+    sh(*GIT, "commit", "-qm", "base evaluation", cwd=repo)
+    sh("git", "branch", "base", cwd=repo)
+    set_param(repo, "lr", 0.0003)
+    set_param(repo, "train.lora.r", 8)
+    new_metrics = write_evaluation(repo, seed=2, noise=0.1)
+    return repo, flatten(base_metrics), flatten(new_metrics)
+
+
+def test_report_lists_exactly_the_changed_params_and_metrics(two_commits):
+    repo, old, new = two_commits
+    write_report(repo, "base", "workspace", repo / "out", artifact_url="https://ci.example/run/1")
+    md = (repo / "out/report.md").read_text()
+    params = table_rows(md, "Params")
+    assert set(params) == {"lr", "train.lora.r"}
+    assert params["lr"] == ["0.0001", "0.0003"] and params["train.lora.r"] == ["16", "8"]
+    changed = {k for k in new if old[k] != new[k]}
+    assert {"auroc", "by_kind.hard.auroc", "ece"} <= changed and set(table_rows(md, "Metrics")) == changed
+    assert "missing" not in md  # both revisions have every plot-data file
+    for png in ("precision_recall.png", "threshold_sweep.png"):
+        assert f"]({png})" in md and (repo / "out" / png).read_bytes().startswith(b"\x89PNG")
+    comment = (repo / "out/comment.md").read_text()
+    assert comment.startswith(COMMENT_MARKER) and "](https://ci.example/run/1)" in comment and ".png)" not in comment
+    assert table_rows(comment, "Metrics") == table_rows(md, "Metrics")
+    # Byte-stable: the same revisions give the same files.
+    first = {f.name: f.read_bytes() for f in (repo / "out").iterdir()}
+    write_report(repo, "base", "workspace", repo / "out", artifact_url="https://ci.example/run/1")
+    assert {f.name: f.read_bytes() for f in (repo / "out").iterdir()} == first
+
+
+def test_report_between_commits_and_with_missing_plot_data(two_commits):
+    repo, _, _ = two_commits
+    sh(*GIT, "commit", "-qam", "new evaluation", cwd=repo)
+    write_report(repo, "base", "HEAD", repo / "out")
+    assert set(table_rows((repo / "out/report.md").read_text(), "Params")) == {"lr", "train.lora.r"}
+    # `HEAD~2` is the bare copy: no metrics, no plot data. The report says so and draws the new curves.
+    write_report(repo, "HEAD~2", "workspace", repo / "out")
+    md = (repo / "out/report.md").read_text()
+    assert "`reports/plots/precision_recall.csv` is missing at base `HEAD~2`" in md
+    assert "`reports/plots/threshold_sweep.csv` is missing at base `HEAD~2`" in md
+    assert (repo / "out/threshold_sweep.png").is_file()
+    assert table_rows(md, "Metrics")["auroc"][0] == "-"  # no value at the base
+
+
+def test_report_unknown_revision_is_a_clear_error(tmp_path):
+    repo = pipeline_only(tmp_path)
+    p = report(repo, "--base", "no-such-branch", "--out", "out")
+    assert p.returncode == 1 and "unknown revision 'no-such-branch'" in p.stderr and "Traceback" not in p.stderr
+    assert not (repo / "out").exists()
+    with pytest.raises(ReportError, match="unknown revision 'no-such-exp'"):
+        write_report(repo, "HEAD", "no-such-exp", repo / "out")
+    with pytest.raises(ReportError, match="not the workspace"):
+        write_report(repo, "workspace", "HEAD", repo / "out")
+
+
+def test_pr_workflow_is_valid_yaml_and_runs_the_report():
+    wf = yaml.safe_load((ROOT / ".github/workflows/pr-report.yml").read_text())
+    assert "pull_request" in wf[True]  # YAML 1.1 reads the key `on` as True
+    assert wf["permissions"]["pull-requests"] == "write"
+    steps = [s for job in wf["jobs"].values() for s in job["steps"]]
+    assert any(s.get("with", {}).get("fetch-depth") == 0 for s in steps)
+    assert any("maskgate report --base origin/${{ github.base_ref }}" in s.get("run", "") for s in steps)
+
+
+@pytest.mark.slow
+def test_report_of_two_demo_experiments(tmp_path):
+    """Two tiny `dvc exp run`s (as in test_experiments), then the report of one against the other."""
+    from tests.test_experiments import SMALL_DEMO
+
+    repo = project_copy(tmp_path)
+    sh("dvc", "exp", "run", "-n", "first", *SMALL_DEMO, "-S", "lr=1e-3", cwd=repo)
+    sh("dvc", "exp", "run", "-n", "second", *SMALL_DEMO, "-S", "lr=1e-4", "-S", "evaluate.target_precision=0.9", cwd=repo)
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo))
+    exps = {e["name"]: e["revs"][0]["data"] for commit in shown for e in (commit.get("experiments") or []) if e.get("name")}
+    old, new = (flatten(exps[n]["metrics"]["reports/metrics.json"]["data"]) for n in ("first", "second"))
+    changed = {k for k in new if old.get(k) != new[k]}
+    assert "auroc" in changed  # a different lr trains a different verifier
+
+    p = report(repo, "--base", "first", "--rev", "second", "--out", "out")
+    assert p.returncode == 0, p.stderr
+    md = (repo / "out/report.md").read_text()
+    params = table_rows(md, "Params")
+    assert set(params) == {"lr", "evaluate.target_precision"}
+    assert params["lr"] == ["0.001", "0.0001"] and params["evaluate.target_precision"] == ["0.95", "0.9"]
+    assert set(table_rows(md, "Metrics")) == changed
+    assert "missing" not in md
+    assert {"precision_recall.png", "threshold_sweep.png"} <= {f.name for f in (repo / "out").iterdir()}
