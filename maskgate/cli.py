@@ -30,6 +30,64 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_demo_manifest(args) -> int:
+    from maskgate.demo import gate_manifest
+
+    path = gate_manifest(args.out, args.images, args.seed)
+    print(f"demo-manifest: wrote {sum(1 for _ in open(path))} candidates to {path}; "
+          f"next: maskgate verify {path} --out {args.out / 'gate'}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from maskgate import gate
+
+    single = args.image is not None
+    if single == (args.manifest is not None):
+        print("verify: give a MANIFEST, or --image with --query and --mask (not both)", file=sys.stderr)
+        return 2
+    if single and (args.query is None or not args.mask):
+        print("verify: --image needs --query and at least one --mask", file=sys.stderr)
+        return 2
+    try:
+        threshold, source = gate.threshold_from(args.operating_point, args.threshold)
+        g = gate.Gate(args.model, args.device)
+        if single:
+            return verify_one(g, args, threshold)
+        s = gate.run(args.manifest, args.out, g, threshold, source, args.batch_size, args.fresh)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"verify: {e}", file=sys.stderr)
+        return 1
+    reasons = ", ".join(f"{k} {v}" for k, v in s["errors"].items())
+    print(f"verify: {s['lines']} lines: {s['auto_pass']} auto-pass, {s['needs_review']} need review "
+          f"({s['bad_lines']} bad{': ' + reasons if reasons else ''}); threshold {s['threshold']:.4f} from "
+          f"{s['threshold_source']}; outputs in {args.out}")
+    return 0
+
+
+def verify_one(g, args, threshold: float) -> int:
+    """One image + query + masks from the command line: print the result as one JSON line."""
+    import json
+    from pathlib import Path
+
+    from maskgate import gate
+
+    specs = [json.loads(m) if m.lstrip().startswith(("{", "[")) else m for m in args.mask]
+    text = json.dumps({"image": str(args.image), "query": args.query, "masks": specs})
+    try:
+        c = gate.parse_line(1, text, Path.cwd())
+        jpeg = gate.overlay(c, g.style)
+        g.check_length(c, jpeg)
+    except gate.BadLine as e:
+        print(json.dumps({"error": e.reason, "detail": e.detail, "route": "needs_review"}))
+        return 1
+    p = g.score([(c, jpeg)], 1)[0]
+    accept = gate.decide(p, threshold)
+    print(json.dumps({"p_accept": p, "decision": g.prompt.answers[0] if accept else g.prompt.answers[1],
+                      "route": "auto_pass" if accept else "needs_review", "threshold": threshold}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
@@ -55,6 +113,37 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--artifact-url", metavar="URL",
                     help="also write comment.md, which links to URL (where the folder is uploaded) instead of embedding images")
     rp.set_defaults(func=cmd_report)
+    vf = sub.add_parser(
+        "verify", help="the quality gate: score candidate mask groups and route them (auto-pass / needs review)",
+        description="Score candidate mask groups with the trained verifier and route them: P(ACCEPT) >= the "
+                    "threshold auto-passes, the rest (and any bad line) goes to a person. Input: a JSONL manifest, "
+                    'one candidate per line {"id", "image", "query", "masks": [RLE dict | polygon | mask image '
+                    'path, ...]}, or one --image/--query/--mask on the command line. Overlays are drawn exactly as '
+                    "the render stage draws them. A re-run with the same --out scores only lines not yet scored.",
+        epilog="example: maskgate verify candidates.jsonl --out gate/   (outputs: results.jsonl, auto_pass.jsonl, "
+               "needs_review.jsonl, summary.json, scores.jsonl)")
+    vf.add_argument("manifest", nargs="?", type=Path, help="JSONL manifest, one candidate group per line")
+    vf.add_argument("--image", type=Path, help="one image (instead of a manifest)")
+    vf.add_argument("--query", help="the query for --image")
+    vf.add_argument("--mask", action="append", default=[],
+                    help="a mask of the group for --image: a mask image path, or an RLE/polygon as JSON; repeat per mask")
+    vf.add_argument("--model", type=Path, default=Path("models/verifier"), help="trained verifier (default: %(default)s)")
+    vf.add_argument("--operating-point", type=Path, default=Path("reports/operating_point.json"),
+                    help="evaluate's threshold file (default: %(default)s)")
+    vf.add_argument("--threshold", type=float, help="auto-pass at P(ACCEPT) >= this, instead of the operating point")
+    vf.add_argument("--out", type=Path, default=Path("gate"), help="output folder for a manifest (default: %(default)s)")
+    vf.add_argument("--batch-size", type=int, default=16, help="candidates per forward pass (default: %(default)s)")
+    vf.add_argument("--fresh", action="store_true", help="discard earlier scores in --out and start over")
+    vf.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
+    vf.set_defaults(func=cmd_verify)
+    dm = sub.add_parser("demo-manifest", help="a gate manifest of unseen demo scenes, to try `verify` on the demo model",
+                        description="Write demo scenes the demo model never saw (images/ + manifest.jsonl): per "
+                                    "query its right group (expected ACCEPT) and another colour's group (expected "
+                                    "REJECT), as RLE dicts and, on every fourth line, as mask image files.")
+    dm.add_argument("--out", type=Path, default=Path("demo_gate"), help="output folder (default: %(default)s)")
+    dm.add_argument("--images", type=int, default=20, help="scenes to draw (default: %(default)s)")
+    dm.add_argument("--seed", type=int, default=0, help="scene seed (default: %(default)s)")
+    dm.set_defaults(func=cmd_demo_manifest)
     args = ap.parse_args(argv)
     return args.func(args)
 

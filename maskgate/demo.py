@@ -13,6 +13,8 @@ Colours stay clear of the overlay's magenta fill and yellow outline. Determinist
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -105,3 +107,43 @@ def generate(n_images: int, seed: int, size: int = 128) -> tuple[list[dict], dic
         rows += scene_rows
         images[f"demo-{i:05d}.png"] = png
     return rows, images
+
+
+GATE_FIRST_SCENE = 1_000_000  # scene indices of gate manifests: far past any demo training set
+
+
+def gate_manifest(out_dir: Path, n_images: int, seed: int, size: int = 128) -> Path:
+    """A gate manifest of unseen demo scenes: per query, its right group and another colour's group.
+
+    Lines carry `expected` (ACCEPT / REJECT) so the routing can be checked by eye; the gate copies
+    such extra keys to its outputs and never reads them. Masks are RLE dicts, and every fourth line
+    gives them as mask image files instead, to show that form too.
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(GATE_FIRST_SCENE, GATE_FIRST_SCENE + n_images):
+        rows, png = scene(i, seed, size)
+        (out_dir / "images" / rows[0]["image"]).write_bytes(png)
+        groups = [r["gt_mask_group"][0] for r in rows]
+        for r in rows:
+            query = r["conversations"][0]["value"].split("<mask_pool>\n", 1)[1]
+            right = r["gt_mask_group"][0]
+            wrong = next((g for g in groups if g != right), None)
+            for group, expected in ((right, "ACCEPT"), (wrong, "REJECT")):
+                if group is None:
+                    continue
+                specs = [r["gt_mask_pool"][k] for k in group]
+                if len(lines) % 4 == 3:
+                    specs = [_mask_file(out_dir, f"{r['id']}-{k}.png", r["gt_mask_pool"][k]) for k in group]
+                lines.append({"id": f"{r['id']}-{expected.lower()}", "image": f"images/{r['image']}",
+                              "query": query, "masks": specs, "expected": expected})
+    path = out_dir / "manifest.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def _mask_file(out_dir: Path, name: str, rle: dict) -> str:
+    h, w = rle["size"]
+    Image.fromarray(masks.decode(rle["counts"], h, w).astype(np.uint8) * 255).save(out_dir / "images" / name)
+    return f"images/{name}"

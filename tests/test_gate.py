@@ -264,3 +264,18 @@ def test_killed_on_a_large_manifest_loses_nothing(tmp_path, small_verifier):
     summary = json.loads((out / gate.SUMMARY).read_text())
     assert summary["errors"] == {"missing_image": n // 100} and summary["lines"] == n
     assert summary["auto_pass"] + summary["needs_review"] == n
+
+
+def test_demo_manifest_routes_through_the_gate(tmp_path, loaded_gate):
+    from maskgate.demo import gate_manifest
+
+    manifest = gate_manifest(tmp_path / "demo", n_images=3, seed=0)
+    lines = [json.loads(t) for t in manifest.read_text().splitlines()]
+    assert {line["expected"] for line in lines} == {"ACCEPT", "REJECT"}
+    assert any(isinstance(m, str) for line in lines for m in line["masks"])  # the mask-file form is used
+    s = gate.run(manifest, tmp_path / "out", loaded_gate, 0.5, "given", progress=False)
+    assert s["lines"] == len(lines) and s["bad_lines"] == 0
+    routed = [json.loads(t) for name in (gate.AUTO_PASS, gate.NEEDS_REVIEW)
+              for t in (tmp_path / "out" / name).read_text().splitlines()]
+    assert sorted(r["id"] for r in routed) == sorted(line["id"] for line in lines)
+    assert all(r["expected"] in ("ACCEPT", "REJECT") for r in routed)  # extra keys come through
