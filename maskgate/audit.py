@@ -5,11 +5,13 @@ confident "mistakes" are also where label noise and rendering bugs show up first
 the most confident answers on both sides and puts the wrong ones at the top.
 
 A record is a dict with keys ``example_id``, ``query``, ``kind``, ``label`` (1 = the group is
-correct), ``p_accept`` (P(ACCEPT)) and ``image`` (JPEG bytes of the overlay the verifier saw).
-The model's decision is ACCEPT iff ``p_accept >= threshold`` (0.5 by default, the verifier's own
-answer); a case is wrong when that decision disagrees with the label.
+correct; prompt.py maps labels to answers), ``p_accept`` (P(ACCEPT)) and ``image`` (JPEG bytes of
+the overlay the verifier saw). The model's decision is ACCEPT iff ``p_accept >= threshold`` (0.5 by
+default, the verifier's own answer); a case is wrong when that decision disagrees with
+``gate_label(label)`` (with a BORDERLINE answer, a borderline case is right when not accepted).
+The answer words on the page and in the CSV come from the prompt (params.yaml ``prompt.answers``).
 
-Use: ``write_audit(select_audit(records, n), out_dir)``.
+Use: ``write_audit(select_audit(records, n), out_dir, prompt=Prompt.from_params(params))``.
 """
 from __future__ import annotations
 
@@ -20,19 +22,18 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from maskgate.prompt import Prompt, gate_label
+
 REQUIRED_KEYS = ("example_id", "query", "kind", "label", "p_accept", "image")
 CSV_COLUMNS = ("example_id", "query", "kind", "label", "p_accept", "decision", "correct", "failure_type")
-_ANSWER = {1: "ACCEPT", 0: "REJECT"}
-
-
 def _check(records: Sequence[dict]) -> None:
     seen = set()
     for r in records:
         missing = [k for k in REQUIRED_KEYS if k not in r]
         if missing:
             raise ValueError(f"audit record {r.get('example_id')!r} lacks {missing}")
-        if int(r["label"]) not in (0, 1) or not 0.0 <= float(r["p_accept"]) <= 1.0:
-            raise ValueError(f"audit record {r['example_id']!r}: label must be 0/1 and p_accept in [0, 1]")
+        if int(r["label"]) < 0 or not 0.0 <= float(r["p_accept"]) <= 1.0:
+            raise ValueError(f"audit record {r['example_id']!r}: label must be >= 0 and p_accept in [0, 1]")
         key = str(r["example_id"])
         if key in seen:  # ties are broken by example_id, so it must identify a record
             raise ValueError(f"duplicate example_id {key!r}")
@@ -45,7 +46,7 @@ def decision(record: dict, threshold: float = 0.5) -> int:
 
 
 def is_correct(record: dict, threshold: float = 0.5) -> bool:
-    return decision(record, threshold) == int(record["label"])
+    return decision(record, threshold) == gate_label(record["label"])
 
 
 def select_audit(records: Sequence[dict], n: int, threshold: float = 0.5) -> list[dict]:
@@ -102,15 +103,13 @@ dd { margin: 0; }
 """
 
 
-def _case_html(index: int, r: dict, threshold: float) -> str:
+def _case_html(index: int, r: dict, threshold: float, prompt: Prompt) -> str:
     e = html.escape
     label, dec = int(r["label"]), decision(r, threshold)
-    wrong = dec != label
-    flag = (
-        f"&#10007; WRONG: the verifier says {_ANSWER[dec]}, the label is {_ANSWER[label]}"
-        if wrong
-        else f"&#10003; right: {_ANSWER[dec]}"
-    )
+    said, truth = prompt.decision_names[1 - dec], prompt.label_text(label)
+    wrong = not is_correct(r, threshold)
+    flag = (f"&#10007; WRONG: the verifier says {e(said)}, the label is {e(truth)}" if wrong
+            else f"&#10003; right: {e(said)}")
     return (
         f'<section class="case {"wrong" if wrong else "right"}" id="case-{index}">\n'
         f'<img alt="overlay of example {e(str(r["example_id"]))}" src="{_data_uri(r["image"])}">\n'
@@ -119,15 +118,15 @@ def _case_html(index: int, r: dict, threshold: float) -> str:
         f"<dl>\n"
         f"<dt>#</dt><dd>{index}</dd>\n"
         f'<dt>query</dt><dd class="query">{e(str(r["query"]))}</dd>\n'
-        f"<dt>true label</dt><dd>{_ANSWER[label]} ({label})</dd>\n"
-        f'<dt>P(ACCEPT)</dt><dd>{float(r["p_accept"]):.3f}</dd>\n'
+        f"<dt>true label</dt><dd>{e(truth)} ({label})</dd>\n"
+        f'<dt>P({e(prompt.accept)})</dt><dd>{float(r["p_accept"]):.3f}</dd>\n'
         f"<dt>kind</dt><dd>{e(str(r['kind']))}</dd>\n"
         f"<dt>example_id</dt><dd>{e(str(r['example_id']))}</dd>\n"
         f"</dl>\n</div>\n</section>\n"
     )
 
 
-def write_audit(records: Sequence[dict], out_dir, threshold: float = 0.5) -> dict[str, Path]:
+def write_audit(records: Sequence[dict], out_dir, threshold: float = 0.5, *, prompt: Prompt) -> dict[str, Path]:
     """Write ``index.html`` and ``audit.csv`` for the records, in the order given.
 
     ``index.html`` is one self-contained file (images as base64 data URIs, inline CSS, no scripts)
@@ -135,13 +134,21 @@ def write_audit(records: Sequence[dict], out_dir, threshold: float = 0.5) -> dic
     survives greyscale printing. All record text is HTML-escaped.
 
     ``audit.csv`` columns: ``example_id, query, kind, label, p_accept`` (6 decimals),
-    ``decision`` (ACCEPT/REJECT at ``threshold``), ``correct`` (1/0) and ``failure_type``, left
-    empty for the person auditing to fill in.
+    ``decision`` (``prompt.decision_names``: ACCEPT/REJECT at ``threshold`` with the default
+    answers), ``correct`` (1/0) and ``failure_type``, left empty for the person auditing to fill in.
+    The page names each true label by its answer (``prompt.label_text``); a label that names no
+    answer of the prompt is an error naming the record.
 
     The same records give byte-identical files (no dates, fixed line ends). Returns
     ``{"index.html": path, "audit.csv": path}``.
     """
     _check(records)
+    for r in records:
+        try:
+            prompt.label_text(r["label"])
+        except ValueError as err:
+            raise ValueError(f"audit record {r['example_id']!r}: {err}") from None
+    accept, rest = prompt.decision_names
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_wrong = sum(not is_correct(r, threshold) for r in records)
@@ -152,9 +159,10 @@ def write_audit(records: Sequence[dict], out_dir, threshold: float = 0.5) -> dic
         f"<style>{_STYLE}</style>\n</head>\n<body>\n"
         "<h1>maskgate hand audit</h1>\n"
         f"<p>{len(records)} most confident validation cases, {n_wrong} wrong (framed in red). "
-        f"Decision: ACCEPT when P(ACCEPT) &ge; {threshold:g}. Record a failure type per case in "
+        f"Decision: {html.escape(accept)} when P({html.escape(accept)}) &ge; {threshold:g}. "
+        "Record a failure type per case in "
         "<code>audit.csv</code>.</p>\n"
-        + "".join(_case_html(i, r, threshold) for i, r in enumerate(records, start=1))
+        + "".join(_case_html(i, r, threshold, prompt) for i, r in enumerate(records, start=1))
         + "</body>\n</html>\n"
     )
     html_path = out / "index.html"
@@ -173,8 +181,8 @@ def write_audit(records: Sequence[dict], out_dir, threshold: float = 0.5) -> dic
                     str(r["kind"]),
                     int(r["label"]),
                     f"{float(r['p_accept']):.6f}",
-                    _ANSWER[dec],
-                    int(dec == int(r["label"])),
+                    accept if dec else rest,
+                    int(is_correct(r, threshold)),
                     "",
                 ]
             )

@@ -14,4 +14,8 @@ def audit_records(scores_path: Path, rendered: Path, n: int) -> list[dict]:
     for r in tables.iter_shards(rendered, "val", ["example_id", "query", "overlay"]):
         if r["example_id"] in wanted:
             wanted[r["example_id"]].update(query=r["query"], image=r["overlay"])
+    missing = [c["example_id"] for c in chosen if not c["image"]]
+    if missing:  # scores and shards from different runs: an audit row without its picture is useless
+        raise ValueError(f"{len(missing)} scored examples are not in the val shards of {rendered} "
+                         f"(e.g. {missing[0]!r}): re-run evaluate on these shards")
     return chosen

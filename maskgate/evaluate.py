@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from maskgate import metrics, shortcut, tables
-from maskgate.prompt import Prompt
+from maskgate.prompt import Prompt, gate_label
 from maskgate.scoring import score
 from maskgate.training import to_example
 
@@ -45,7 +45,7 @@ def score_split(model, processor, prompt: Prompt, rendered: Path, split: str, ma
 def mask_features(rendered: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     rows = list(tables.iter_shards(rendered, split, ["masks", "height", "width", "label"]))
     x = np.stack([shortcut.mask_features(r["masks"], r["height"], r["width"]) for r in rows])
-    return x, np.array([r["label"] for r in rows])
+    return x, np.array([gate_label(r["label"]) for r in rows])
 
 
 def shortcut_baseline(rendered: Path, seed: int) -> float:
@@ -57,7 +57,7 @@ def shortcut_baseline(rendered: Path, seed: int) -> float:
 
 def measure(scores: list[dict], cfg: dict) -> tuple[dict, dict]:
     """The metrics dict and the operating point from per-example scores."""
-    labels = np.array([s["label"] for s in scores])
+    labels = np.array([gate_label(s["label"]) for s in scores])  # a BORDERLINE (label 2) is a 0 to the gate
     p = np.array([s["p_accept"] for s in scores])
     kinds = [s["kind"] for s in scores]
     m = metrics.compute_metrics(labels, p, kinds, [float(t) for t in cfg["thresholds"]],

@@ -2,8 +2,12 @@
 
 Conventions used throughout:
 
-* ``labels``: 1 when the candidate mask group is correct (ACCEPT is the right answer), 0 otherwise.
+* ``labels``: 1 when the candidate mask group is correct (ACCEPT is the right answer), 0 otherwise:
+  the gate's binary view, ``Prompt.gate_label``, whatever the answer vocabulary (a BORDERLINE
+  example is a 0: the gate must not auto-pass it).
 * ``p_accept``: the verifier's P(ACCEPT), a float in [0, 1].
+* Answer words (ACCEPT, REJECT) come from params.yaml's ``prompt.answers``: ``write_plots`` takes
+  them as ``names`` (``Prompt.decision_names``); this module hard-codes none.
 * Decision rule: an example is accepted (auto-passed by the gate) iff ``p_accept >= threshold``.
   The 0.5 decision (``accuracy``, the confusion matrix) is the same rule with threshold 0.5.
 * Precision of ACCEPT when nothing is accepted is undefined: it is ``None`` (JSON ``null``), never 0
@@ -54,9 +58,6 @@ PLOT_CSV = {
     "confusion": "confusion.csv",  # actual,predicted (one row per example)
 }
 PLOT_PNG = {name: f"{name}.png" for name in PLOT_CSV}
-
-_ANSWER = {1: "ACCEPT", 0: "REJECT"}
-
 
 # ----------------------------------------------------------------------------- input checks
 
@@ -218,7 +219,8 @@ def compute_metrics(
     ``at_threshold``), ``n``, ``n_positive`` and ``by_kind``.
 
     ``by_kind[k]`` holds the same keys (without ``by_kind``) computed on all positives plus the
-    negatives of kind ``k``, for each negative kind present, in sorted order; so "hard" vs "easy"
+    negatives of kind ``k``, for each negative kind present, in sorted order, whatever its name
+    (``hard``, ``easy``, ``missing_instance``, ``extra_instance``, ...); so "hard" vs "easy"
     negatives show how much of the score comes from the easy ones.
     """
     y, p = _check(labels, p_accept)
@@ -282,13 +284,14 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> N
             w.writerow([_cell(x) for x in row])
 
 
-def save_png(fig: Figure, path: Path) -> None:
+def _save_png(fig: Figure, path: Path) -> None:
     # Without "Software" the PNG carries no matplotlib version string; Agg adds no date to PNGs.
     # So the bytes depend on the data only (and the installed fonts/freetype).
     fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
 
 
-def write_plots(labels, p_accept, out_dir, n_bins: int = 10, n_points: int = 101) -> dict[str, Path]:
+def write_plots(labels, p_accept, out_dir, *, names: Sequence[str], n_bins: int = 10,
+                n_points: int = 101) -> dict[str, Path]:
     """Write DVC plot data files and the same plots as PNG images into ``out_dir``.
 
     Data files (CSV, header row, for ``plots:`` in dvc.yaml):
@@ -300,7 +303,9 @@ def write_plots(labels, p_accept, out_dir, n_bins: int = 10, n_points: int = 101
     * ``calibration.csv``: ``prob_pred,prob_true``, one row per non-empty bin
       (``sklearn.calibration.calibration_curve``, ``n_bins`` uniform bins)
     * ``confusion.csv``: ``actual,predicted``, one row per example in input order, values
-      ``ACCEPT``/``REJECT``, decision at 0.5 (DVC's confusion template counts the rows)
+      ``names[0]`` (label 1 / auto-passed) or ``names[1]`` (label 0 / not), decision at 0.5
+      (DVC's confusion template counts the rows); ``names`` is ``Prompt.decision_names``,
+      ``("ACCEPT", "REJECT")`` with the default answers
 
     Images: ``precision_recall.png``, ``roc.png``, ``threshold_sweep.png``, ``calibration.png``,
     ``confusion.png``. The same input gives byte-identical files.
@@ -309,8 +314,9 @@ def write_plots(labels, p_accept, out_dir, n_bins: int = 10, n_points: int = 101
     ``{name: path}`` for every file written, names like ``"roc.csv"``.
     """
     y, p = _check(labels, p_accept)
+    accept, rest = names
     if not 0 < y.sum() < len(y):
-        raise ValueError("write_plots needs both ACCEPT (1) and REJECT (0) labels")
+        raise ValueError(f"write_plots needs both {accept} (1) and {rest} (0) labels")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
@@ -322,21 +328,21 @@ def write_plots(labels, p_accept, out_dir, n_bins: int = 10, n_points: int = 101
 
     def png_file(name: str, fig: Figure) -> None:
         path = out / PLOT_PNG[name]
-        save_png(fig, path)
+        _save_png(fig, path)
         written[path.name] = path
 
     precision, recall, _ = precision_recall_curve(y, p)
     csv_file("precision_recall", ["recall", "precision"], zip(recall, precision))
     fig = Figure(figsize=(5, 4.5), layout="constrained")
     PrecisionRecallDisplay.from_predictions(y, p, ax=fig.subplots(), name="verifier", plot_chance_level=True)
-    fig.axes[0].set_title("Precision-recall of ACCEPT (label 1)")
+    fig.axes[0].set_title(f"Precision-recall of {accept} (label 1)")
     png_file("precision_recall", fig)
 
     fpr, tpr, _ = roc_curve(y, p)
     csv_file("roc", ["fpr", "tpr"], zip(fpr, tpr))
     fig = Figure(figsize=(5, 4.5), layout="constrained")
     RocCurveDisplay.from_predictions(y, p, ax=fig.subplots(), name="verifier", plot_chance_level=True)
-    fig.axes[0].set_title("ROC of ACCEPT (label 1)")
+    fig.axes[0].set_title(f"ROC of {accept} (label 1)")
     png_file("roc", fig)
 
     sweep = threshold_sweep(y, p, n_points)
@@ -347,7 +353,7 @@ def write_plots(labels, p_accept, out_dir, n_bins: int = 10, n_points: int = 101
     t = [r["threshold"] for r in sweep]
     for k in keys[1:]:
         ax.plot(t, [np.nan if r[k] is None else r[k] for r in sweep], label=k)
-    ax.set(xlabel="threshold on P(ACCEPT)", ylabel="value", xlim=(0, 1), ylim=(0, 1.02), title="Threshold sweep")
+    ax.set(xlabel=f"threshold on P({accept})", ylabel="value", xlim=(0, 1), ylim=(0, 1.02), title="Threshold sweep")
     ax.legend(loc="lower left")
     ax.grid(alpha=0.3)
     png_file("threshold_sweep", fig)
@@ -356,15 +362,15 @@ def write_plots(labels, p_accept, out_dir, n_bins: int = 10, n_points: int = 101
     csv_file("calibration", ["prob_pred", "prob_true"], zip(prob_pred, prob_true))
     fig = Figure(figsize=(5, 4.5), layout="constrained")
     CalibrationDisplay.from_predictions(y, p, n_bins=n_bins, strategy="uniform", ax=fig.subplots(), name="verifier")
-    fig.axes[0].set_title(f"Reliability of P(ACCEPT), {n_bins} bins")
+    fig.axes[0].set_title(f"Reliability of P({accept}), {n_bins} bins")
     png_file("calibration", fig)
 
-    actual = [_ANSWER[v] for v in y.tolist()]
-    predicted = [_ANSWER[int(v)] for v in (p >= 0.5).tolist()]
+    actual = [accept if v else rest for v in y.tolist()]
+    predicted = [accept if v else rest for v in (p >= 0.5).tolist()]
     csv_file("confusion", ["actual", "predicted"], zip(actual, predicted))
     fig = Figure(figsize=(5, 4.5), layout="constrained")
-    ConfusionMatrixDisplay.from_predictions(actual, predicted, labels=["ACCEPT", "REJECT"], ax=fig.subplots(), colorbar=False)
-    fig.axes[0].set_title("Decision at P(ACCEPT) >= 0.5")
+    ConfusionMatrixDisplay.from_predictions(actual, predicted, labels=[accept, rest], ax=fig.subplots(), colorbar=False)
+    fig.axes[0].set_title(f"Decision at P({accept}) >= 0.5")
     png_file("confusion", fig)
 
     return written

@@ -15,6 +15,12 @@ Why the image bounds: the project renders every image at one square size S, a mu
 the processor must keep it as is, so an image costs exactly (S/16)^2/4 tokens (patch 16, merge 2).
 The hub processor's minimum (256x256) would upscale small demo images, so `load` widens the bounds.
 
+Weights load only from safetensors, and no remote code runs: a `.bin` weights file is a pickle,
+and loading a pickle can run code, so a local folder without safetensors weights is refused by
+name (`require_safetensors`) before any library sees it, and hub models are asked for safetensors
+(`use_safetensors=True`). The concrete Qwen3-VL classes are used, never `Auto*` classes with
+`trust_remote_code`, so a folder's `auto_map` pointing at custom code is never followed.
+
 Unsloth is never imported here at module level: on a machine without a GPU `import unsloth` patches
 transformers and trl into a CPU mode whose vision classes raise. `load_unsloth` is the GPU path only.
 """
@@ -329,10 +335,28 @@ def source(preset_or_dir: str | Path, backend: str = "transformers") -> str:
     return hub_id
 
 
+def require_safetensors(folder: str | Path, what: str = "model", weights: str = "*.safetensors") -> None:
+    """ValueError unless the local `folder` holds its weights as safetensors (`weights`: the file pattern).
+
+    A hub id (not a local folder) passes: the loaders ask the hub for safetensors. Why refuse rather
+    than let the library choose: transformers and peft fall back to a `.bin` pickle when no
+    safetensors file is there (peft even with `use_safetensors=True`).
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or any(folder.glob(weights)):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+    found = f" (it has {', '.join(pickles)})" if pickles else ""
+    raise ValueError(f"{what} folder {folder} has no safetensors weights ({weights}){found}: maskgate loads "
+                     "weights only from safetensors, because a .bin file is a pickle and loading it can run code")
+
+
 def load(preset_or_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """(model in eval mode, processor) from a folder or a preset, through transformers only."""
     src = source(preset_or_dir)
-    model = Qwen3VLForConditionalGeneration.from_pretrained(src, dtype=dtype, device_map=str(device))
+    require_safetensors(src, "base model")
+    model = Qwen3VLForConditionalGeneration.from_pretrained(src, dtype=dtype, device_map=str(device),
+                                                            use_safetensors=True)
     processor = Qwen3VLProcessor.from_pretrained(src)
     return model.eval(), set_image_bounds(processor)
 
@@ -347,6 +371,7 @@ def load_unsloth(preset_or_dir: str | Path, load_in_4bit: bool = True):
         raise RuntimeError("load_unsloth needs `import unsloth` at the top of the GPU entry point, before transformers")
     from unsloth import FastVisionModel
 
+    require_safetensors(preset_or_dir, "base model")
     model, processor = FastVisionModel.from_pretrained(
         source(preset_or_dir, backend="unsloth"),
         load_in_4bit=load_in_4bit,

@@ -58,9 +58,11 @@ def render_split(prepared: Path, examples: list[dict], split: str, out: Path, st
     for e in examples:
         by_image[e["image"]].append(e)
     writer = tables.ShardWriter(out, split, SHARD_SCHEMA, shard_size)
+    done = set()
     with tqdm(total=len(examples), desc=f"render: {split}", unit="overlay") as bar:
         for batch in image_batches(prepared, split):
             batch = [b for b in batch if b["image"] in by_image]
+            done.update(b["image"] for b in batch)
             jobs = [(b["bytes"], [e["masks"] for e in by_image[b["image"]]],
                      by_image[b["image"]][0]["height"], by_image[b["image"]][0]["width"], style) for b in batch]
             results = pool.map(_job, jobs) if pool is not None else [_job(j) for j in jobs]
@@ -69,6 +71,10 @@ def render_split(prepared: Path, examples: list[dict], split: str, out: Path, st
                     writer.add({**e, "system": prompt.system, "user": prompt.user_text(e["query"]),
                                 "label_text": prompt.label_text(e["label"]), "overlay": jpeg})
                 bar.update(len(overlays))
+    missing = sorted(set(by_image) - done)
+    if missing:  # an example without its image would silently drop out of the shards
+        raise ValueError(f"{len(missing)} {split} images named in the negatives are not in {prepared} "
+                         f"(e.g. {missing[0]!r}): the two folders come from different runs; re-run prepare and negatives")
     return writer.close()
 
 

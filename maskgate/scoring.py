@@ -1,11 +1,17 @@
 """P(ACCEPT) for verifier examples from one forward pass each batch.
 
 Why not generate(): the verifier's answer is decided by its first token, so the score is the
-softmax over just the two first-token logits of ACCEPT and REJECT at the answer position
-(= sigmoid of their difference). That gives a continuous score for ROC curves and threshold
-choice, costs one forward pass, and needs only the last position's logits
-(`logits_to_keep=1`, left padding so the last position is the answer position in every row).
-If the two answers began with the same token the score would be meaningless, so that is checked
+softmax over just the first-token logits of the answers at the answer position. With the two
+answers ACCEPT and REJECT that is the sigmoid of their difference. That gives a continuous score
+for ROC curves and threshold choice, costs one forward pass, and needs only the last position's
+logits (`logits_to_keep=1`, left padding so the last position is the answer position in every row).
+
+More than two answers (prompt.answers, e.g. [ACCEPT, REJECT, BORDERLINE]): the score is still the
+probability of the first answer, now a softmax over the first tokens of *all* answers, so every
+other answer's mass counts against ACCEPT. The gate asks one question, "auto-pass or not", and a
+BORDERLINE is "not" (prompt.py: the labels and the gate's binary view of them).
+
+If two answers began with the same token the score could not tell them apart, so that is checked
 before any forward pass.
 """
 from __future__ import annotations
@@ -18,24 +24,26 @@ from maskgate.batching import Example, answer_ids, scoring_batch
 from maskgate.prompt import Prompt
 
 
-def answer_first_ids(tokenizer, prompt: Prompt) -> tuple[int, int]:
-    """First token ids of the ACCEPT and REJECT answers; ValueError if they coincide."""
-    accept, reject = answer_ids(tokenizer, prompt.accept)[0], answer_ids(tokenizer, prompt.reject)[0]
-    if accept == reject:
-        token = tokenizer.convert_ids_to_tokens(accept)
-        raise ValueError(
-            f"answers {prompt.accept!r} and {prompt.reject!r} start with the same token {token!r}: "
-            "their first-token logits cannot tell them apart; change prompt.answers"
-        )
-    return accept, reject
+def answer_first_ids(tokenizer, prompt: Prompt) -> tuple[int, ...]:
+    """First token id of each answer, in prompt.answers order; ValueError if two coincide."""
+    ids = tuple(answer_ids(tokenizer, answer)[0] for answer in prompt.answers)
+    for i, first in enumerate(ids):
+        if first in ids[:i]:
+            other = prompt.answers[ids.index(first)]
+            token = tokenizer.convert_ids_to_tokens(first)
+            raise ValueError(
+                f"answers {other!r} and {prompt.answers[i]!r} start with the same token {token!r}: "
+                "their first-token logits cannot tell them apart; change prompt.answers"
+            )
+    return ids
 
 
 @torch.inference_mode()
 def score_batch(model, processor, prompt: Prompt, examples: list[Example], max_length: int) -> np.ndarray:
     """P(ACCEPT) for one batch: one forward pass, last-position logits only. Model in eval mode."""
-    accept, reject = answer_first_ids(processor.tokenizer, prompt)
+    first_ids = list(answer_first_ids(processor.tokenizer, prompt))
     batch = scoring_batch(processor, prompt, examples, max_length).to(model.device)
-    logits = model(**batch, logits_to_keep=1, use_cache=False).logits[:, -1, [accept, reject]]
+    logits = model(**batch, logits_to_keep=1, use_cache=False).logits[:, -1, first_ids]
     return torch.softmax(logits.float(), dim=-1)[:, 0].cpu().numpy().astype(np.float64)
 
 

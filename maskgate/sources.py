@@ -93,8 +93,8 @@ def read_rows_file(path: Path) -> Iterator[dict | RawError]:
     line becomes one counted skip naming its line, instead of failing the whole file.
     """
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-        yield from pq.read_table(path).to_pylist()
+        from maskgate.tables import open_parquet
+        yield from open_parquet(path).read().to_pylist()
         return
     if path.suffix == ".json":
         try:

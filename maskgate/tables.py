@@ -98,13 +98,21 @@ def shard_paths(folder: Path, prefix: str) -> list[Path]:
     return sorted(Path(folder).glob(f"{prefix}-*.parquet"))
 
 
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """A parquet file opened for reading; ValueError naming the file if it is cut short or not parquet."""
+    try:
+        return pq.ParquetFile(path)
+    except pa.ArrowInvalid as e:
+        raise ValueError(f"{path} is not a readable parquet file: {e}") from None
+
+
 def read_table(path: Path, columns: list[str] | None = None) -> list[dict]:
-    return pq.read_table(path, columns=columns).to_pylist()
+    return open_parquet(path).read(columns=columns).to_pylist()
 
 
 def iter_shards(folder: Path, prefix: str, columns: list[str] | None = None) -> Iterator[dict]:
     """Records of every shard in order, one row group in memory at a time."""
     for path in shard_paths(folder, prefix):
-        f = pq.ParquetFile(path)
+        f = open_parquet(path)
         for i in range(f.num_row_groups):
             yield from f.read_row_group(i, columns=columns).to_pylist()

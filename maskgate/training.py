@@ -452,6 +452,7 @@ def trainer_class(base):
     from sklearn.metrics import roc_auc_score
     from transformers import Trainer
 
+    from maskgate.prompt import gate_label
     from maskgate.scoring import score
 
     class VerifierTrainer(base):
@@ -468,7 +469,9 @@ def trainer_class(base):
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             metrics = super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-            if self.auroc_rows is not None and len(set(self.auroc_rows["label"])) == 2:
+            # AUROC of the gate's question (auto-pass or not): label 1 against every other answer
+            gate_labels = [gate_label(y) for y in self.auroc_rows["label"]] if self.auroc_rows is not None else []
+            if len(set(gate_labels)) == 2:
                 if self.on_score:
                     self.on_score(self.model, inference=True)
                 try:
@@ -480,7 +483,7 @@ def trainer_class(base):
                 finally:
                     if self.on_score:
                         self.on_score(self.model, inference=False)
-                auroc = float(roc_auc_score(self.auroc_rows["label"], p))
+                auroc = float(roc_auc_score(gate_labels, p))
                 metrics[f"{metric_key_prefix}_auroc"] = auroc
                 self.log({f"{metric_key_prefix}_auroc": auroc})
             return metrics

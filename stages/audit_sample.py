@@ -6,6 +6,7 @@ from pathlib import Path
 from maskgate.audit import write_audit
 from maskgate.audit_sample import audit_records
 from maskgate.params import load_params
+from maskgate.prompt import Prompt
 
 
 def main() -> int:
@@ -17,7 +18,7 @@ def main() -> int:
     args = ap.parse_args()
     params = load_params(args.params)
     records = audit_records(Path(args.scores), Path(args.rendered), int(params["audit_sample"]["n"]))
-    paths = write_audit(records, Path(args.out))
+    paths = write_audit(records, Path(args.out), prompt=Prompt.from_params(params))
     print(f"audit_sample: {len(records)} cases -> {paths['index.html']} (open in a browser) and {paths['audit.csv']}")
     return 0
 

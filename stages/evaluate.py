@@ -19,19 +19,21 @@ def main() -> int:
     params = load_params(args.params)
 
     from maskgate import evaluate, metrics
-    from maskgate.prompt import Prompt
+    from maskgate.prompt import Prompt, gate_label
     from maskgate.tables import write_json
     from maskgate.training import max_length
     from maskgate.verifier import load_verifier
 
     cfg = params["evaluate"]
+    prompt = Prompt.from_params(params)
     model, processor = load_verifier(args.model)
-    scores = evaluate.score_split(model, processor, Prompt.from_params(params), Path(args.rendered), "val",
+    scores = evaluate.score_split(model, processor, prompt, Path(args.rendered), "val",
                                   max_length(params), int(cfg["batch_size"]))
     result, point = evaluate.measure(scores, cfg)
     result["shortcut_auroc"] = evaluate.shortcut_baseline(Path(args.rendered), int(params["seed"]))
     evaluate.write_scores(scores, Path(args.scores))
-    metrics.write_plots([s["label"] for s in scores], [s["p_accept"] for s in scores], Path(args.plots))
+    metrics.write_plots([gate_label(s["label"]) for s in scores], [s["p_accept"] for s in scores], Path(args.plots),
+                        names=prompt.decision_names)
     write_json(result, args.metrics)
     write_json(point, args.operating_point)
     print(f"evaluate: accuracy {result['accuracy']:.3f}, AUROC {result['auroc']}, "

@@ -17,7 +17,7 @@ def main() -> int:
     params = load_params(args.params)
     try:
         report = prepare(params, args.out)
-    except (TooManyBadRows, HubUnreachable, FileNotFoundError, ValueError) as e:
+    except (TooManyBadRows, HubUnreachable, OSError, ValueError) as e:  # OSError: missing or unreadable files
         print(f"prepare failed: {e}", file=sys.stderr)
         return 1
     write_json(report, args.report)

@@ -18,7 +18,7 @@ def main() -> int:
     params = load_params(args.params)
     try:
         report = render(args.prepared, args.negatives, args.out, params)
-    except ValueError as e:
+    except (OSError, ValueError) as e:  # OSError: an input folder missing or unreadable
         print(f"render failed: {e}", file=sys.stderr)
         return 1
     write_json(report, args.report)

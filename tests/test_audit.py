@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from maskgate.audit import CSV_COLUMNS, select_audit, write_audit
+from maskgate.prompt import Prompt
 
 
 def jpeg(colour) -> bytes:
@@ -89,8 +90,8 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_csv_columns_and_values(tmp_path):
-    written = write_audit(select_audit(RECORDS, 6), tmp_path)
+def test_csv_columns_and_values(tmp_path, verifier_prompt):
+    written = write_audit(select_audit(RECORDS, 6), tmp_path, prompt=verifier_prompt)
     assert set(written) == {"index.html", "audit.csv"}
     with open(written["audit.csv"], newline="") as f:
         assert next(csv.reader(f)) == list(CSV_COLUMNS)
@@ -110,8 +111,9 @@ def test_csv_columns_and_values(tmp_path):
     assert [r["decision"] for r in rows] == ["ACCEPT"] * 3 + ["REJECT"] * 3
 
 
-def test_html_is_self_contained_and_marks_wrong(tmp_path):
-    page = write_audit(select_audit(RECORDS, 6), tmp_path)["index.html"].read_text(encoding="utf-8")
+def test_html_is_self_contained_and_marks_wrong(tmp_path, verifier_prompt):
+    written = write_audit(select_audit(RECORDS, 6), tmp_path, prompt=verifier_prompt)
+    page = written["index.html"].read_text(encoding="utf-8")
     assert page.count('class="case wrong"') == 2 and page.count('class="case right"') == 4
     assert page.count("WRONG") == 2
     assert "0.970" in page and "REJECT (0)" in page and ">hard<" in page
@@ -122,10 +124,10 @@ def test_html_is_self_contained_and_marks_wrong(tmp_path):
     assert len(uris) == 6 and base64.b64decode(uris[0]) == IMG
 
 
-def test_html_escapes_text(tmp_path):
+def test_html_escapes_text(tmp_path, verifier_prompt):
     nasty = '<script>alert("x")</script> & <b>bold</b>'
     recs = [rec("<id>", 0.9, 1, query=nasty, kind="a&b"), rec("q", 0.1, 0)]
-    page = write_audit(recs, tmp_path)["index.html"].read_text(encoding="utf-8")
+    page = write_audit(recs, tmp_path, prompt=verifier_prompt)["index.html"].read_text(encoding="utf-8")
     assert "<script>" not in page and "<b>bold" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in page
     assert "&lt;id&gt;" in page and "a&amp;b" in page
@@ -133,22 +135,36 @@ def test_html_escapes_text(tmp_path):
     assert read_csv(tmp_path / "audit.csv")[0]["query"] == nasty
 
 
-def test_unicode_and_commas_survive_csv(tmp_path):
+def test_unicode_and_commas_survive_csv(tmp_path, verifier_prompt):
     recs = [rec("u", 0.8, 1, query='the "big", naïve café chair'), rec("v", 0.3, 0)]
-    write_audit(recs, tmp_path)
+    write_audit(recs, tmp_path, prompt=verifier_prompt)
     assert read_csv(tmp_path / "audit.csv")[0]["query"] == 'the "big", naïve café chair'
 
 
-def test_byte_identical_rerun(tmp_path):
+def test_byte_identical_rerun(tmp_path, verifier_prompt):
     digests = []
     for run in ("a", "b"):
-        written = write_audit(select_audit(RECORDS, 6), tmp_path / run)
+        written = write_audit(select_audit(RECORDS, 6), tmp_path / run, prompt=verifier_prompt)
         digests.append({k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in written.items()})
     assert digests[0] == digests[1]
 
 
-def test_not_an_image_fails(tmp_path):
+def test_not_an_image_fails(tmp_path, verifier_prompt):
     bad = rec("a", 0.9, 1)
     bad["image"] = b"not an image"
     with pytest.raises(ValueError, match="JPEG"):
-        write_audit([bad], tmp_path)
+        write_audit([bad], tmp_path, prompt=verifier_prompt)
+
+
+def test_a_third_answer_is_named_and_judged_as_not_accepted(tmp_path, verifier_prompt):
+    three = Prompt(verifier_prompt.system, verifier_prompt.user, ("ACCEPT", "REJECT", "BORDERLINE"))
+    recs = [rec("kept", 0.1, 2, kind="borderline"), rec("passed", 0.9, 2, kind="borderline"), rec("a", 0.8, 1)]
+    written = write_audit(select_audit(recs, 3), tmp_path, prompt=three)
+    rows = {r["example_id"]: r for r in read_csv(written["audit.csv"])}
+    assert (rows["kept"]["decision"], rows["kept"]["correct"]) == ("not ACCEPT", "1")  # routed to a person: right
+    assert (rows["passed"]["decision"], rows["passed"]["correct"]) == ("ACCEPT", "0")  # auto-passed: wrong
+    page = written["index.html"].read_text(encoding="utf-8")
+    assert "the verifier says ACCEPT, the label is BORDERLINE" in page and "BORDERLINE (2)" in page
+    # a label that names no answer of the prompt is an error naming the record
+    with pytest.raises(ValueError, match="'kept': label 2 names no answer"):
+        write_audit(recs, tmp_path / "two", prompt=verifier_prompt)

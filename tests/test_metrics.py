@@ -190,7 +190,7 @@ def read_csv(path):
 
 def test_write_plots_files_and_columns(tmp_path):
     y, p = _scores()
-    written = M.write_plots(y, p, tmp_path / "plots")
+    written = M.write_plots(y, p, tmp_path / "plots", names=("ACCEPT", "REJECT"))
     names = sorted(written)
     assert names == sorted(list(M.PLOT_CSV.values()) + list(M.PLOT_PNG.values()))
     assert all(path.parent == tmp_path / "plots" and path.stat().st_size > 0 for path in written.values())
@@ -204,7 +204,7 @@ def test_write_plots_files_and_columns(tmp_path):
     }
     confusion = read_csv(tmp_path / "plots" / "confusion.csv")[1:]
     assert len(confusion) == len(y)
-    assert confusion[0] == [M._ANSWER[int(y[0])], "ACCEPT" if p[0] >= 0.5 else "REJECT"]
+    assert confusion[0] == ["ACCEPT" if y[0] else "REJECT", "ACCEPT" if p[0] >= 0.5 else "REJECT"]
     calib = np.array(read_csv(tmp_path / "plots" / "calibration.csv")[1:], dtype=float)
     prob_true, prob_pred = calibration_curve(y, p, n_bins=10)
     np.testing.assert_allclose(calib, np.c_[prob_pred, prob_true], rtol=1e-5)
@@ -220,11 +220,29 @@ def test_write_plots_is_byte_identical(tmp_path):
     y, p = _scores(seed=2)
     digests = []
     for run in ("a", "b"):
-        written = M.write_plots(y, p, tmp_path / run)
+        written = M.write_plots(y, p, tmp_path / run, names=("ACCEPT", "REJECT"))
         digests.append({name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in written.items()})
     assert digests[0] == digests[1]
 
 
 def test_write_plots_needs_both_classes(tmp_path):
     with pytest.raises(ValueError, match="both"):
-        M.write_plots([1, 1], [0.4, 0.9], tmp_path)
+        M.write_plots([1, 1], [0.4, 0.9], tmp_path, names=("ACCEPT", "REJECT"))
+
+
+def test_plots_name_the_answers_they_are_given(tmp_path):
+    y, p = _scores()
+    M.write_plots(y, p, tmp_path, names=("YES", "not YES"))
+    confusion = read_csv(tmp_path / "confusion.csv")[1:]
+    assert {tuple(r) for r in confusion} <= {(a, b) for a in ("YES", "not YES") for b in ("YES", "not YES")}
+    assert [r[0] for r in confusion] == ["YES" if v else "not YES" for v in y]
+
+
+def test_by_kind_takes_any_kind_name():
+    y = [1, 1, 0, 0, 0, 0, 0]
+    p = [0.9, 0.8, 0.85, 0.1, 0.2, 0.3, 0.95]
+    kinds = ["positive", "positive", "missing_instance", "missing_instance", "extra_instance", "hard", "borderline"]
+    m = M.compute_metrics(y, p, kinds, [0.5], 0.9)
+    assert list(m["by_kind"]) == ["borderline", "extra_instance", "hard", "missing_instance"]
+    assert m["by_kind"]["missing_instance"]["n"] == 4 and m["by_kind"]["missing_instance"]["auroc"] == 0.75
+    assert m["by_kind"]["extra_instance"]["auroc"] == 1.0 and m["by_kind"]["borderline"]["auroc"] == 0.0

@@ -23,7 +23,7 @@ def test_shards_hold_every_example_with_prompt_and_label(rendered, params):
         assert r["overlay"][:2] == b"\xff\xd8"
         assert r["system"] == params["prompt"]["system"]
         assert r["user"].startswith(f"Query: {r['query']}. Does the highlighted")
-        assert r["label_text"] == ("ACCEPT" if r["label"] else "REJECT")
+        assert r["label_text"] == params["prompt"]["answers"][0 if r["label"] == 1 else 1]  # 1 -> ACCEPT, 0 -> REJECT
 
 
 def test_same_candidate_same_pixels_whatever_the_label(rendered):

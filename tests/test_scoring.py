@@ -1,13 +1,27 @@
-"""P(ACCEPT) from one left-padded forward pass equals the two-token softmax of a plain forward pass."""
+"""P(ACCEPT) from one left-padded forward pass equals the first-token softmax of a plain one (2 or 3 answers)."""
+import copy
+
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from maskgate import model as M
-from maskgate.batching import Example, prompt_text
+from maskgate.batching import IGNORE_INDEX, Example, prompt_text, training_batch
 from maskgate.prompt import Prompt
 from maskgate.scoring import answer_first_ids, score
+from tests.conftest import ROOT
+
+
+def spread(model, seed=1):
+    """Larger random weights (std 0.3) on every matrix, drawn from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.ndim >= 2:
+                weight.normal_(0, 0.3, generator=generator)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -18,25 +32,20 @@ def spread_tiny(tiny_qwen3vl_dir):
     padding or position bug would hardly move a score.
     """
     model, processor = M.load(tiny_qwen3vl_dir)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.ndim >= 2:
-                weight.normal_(0, 0.3, generator=generator)
-    return model, processor
+    return spread(model), processor
 
 
 def noise_image(size, seed):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
-def direct_p_accept(model, processor, prompt, ex):
-    """One example, no padding, full logits: softmax over the two answers' first tokens."""
-    accept, reject = answer_first_ids(processor.tokenizer, prompt)
+def direct_p_accept(model, processor, prompt, ex, n_answers=None):
+    """One example, no padding, full logits: softmax over the first tokens of the first n answers (all by default)."""
+    first_ids = [processor.tokenizer(a, add_special_tokens=False).input_ids[0] for a in prompt.answers[:n_answers]]
     enc = processor(text=[prompt_text(processor, prompt, ex.query)], images=[ex.image], return_tensors="pt")
     with torch.no_grad():
         logits = model(**enc).logits[0, -1]
-    return torch.softmax(logits[[accept, reject]], dim=-1)[0].item()
+    return torch.softmax(logits[first_ids], dim=-1)[0].item()
 
 
 def test_batched_score_matches_direct_two_token_softmax(spread_tiny, verifier_prompt):
@@ -70,3 +79,38 @@ def test_answers_sharing_a_first_token_are_refused(spread_tiny, verifier_prompt)
     same_start = Prompt(verifier_prompt.system, verifier_prompt.user, ("ACCEPT", "ACCEPTED"))
     with pytest.raises(ValueError, match="same token"):
         score(spread_tiny[0], processor, same_start, [Example(noise_image(64, 0), "dog")], max_length=300)
+
+
+@pytest.fixture(scope="module")
+def three_answers(tmp_path_factory):
+    """params.yaml with prompt.answers [ACCEPT, REJECT, BORDERLINE], nothing else changed; a tiny model of it."""
+    params = copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    params["prompt"]["answers"] = ["ACCEPT", "REJECT", "BORDERLINE"]
+    prompt = Prompt.from_params(params)
+    out = tmp_path_factory.mktemp("tiny_three_answers")
+    M.build_tiny(out, prompt, seed=0)
+    model, processor = M.load(out)
+    return prompt, spread(model), processor
+
+
+def test_a_third_answer_flows_through_without_code_changes(three_answers):
+    prompt, model, processor = three_answers
+    tok = processor.tokenizer
+    assert prompt.user_text("dog").endswith("ACCEPT, REJECT or BORDERLINE.")
+    # tiny tokenizer: each answer one token, three different first tokens
+    assert [len(tok(a, add_special_tokens=False).input_ids) for a in prompt.answers] == [1, 1, 1]
+    assert len(set(answer_first_ids(tok, prompt))) == 3
+
+    # training batch: label 2 is supervised as BORDERLINE, and only the answer carries loss
+    examples = [Example(noise_image(64, i), q, prompt.label_text(y), key=f"e{i}")
+                for i, (q, y) in enumerate([("red car", 1), ("dog", 0), ("a half-hidden cup", 2)])]
+    batch = training_batch(processor, prompt, examples, max_length=300)
+    assert [tok.decode(row[row != IGNORE_INDEX]) for row in batch["labels"]] == ["ACCEPT", "REJECT", "BORDERLINE"]
+    assert torch.isfinite(model(**batch).loss)
+
+    # scoring: P(ACCEPT) is the softmax over all three first tokens, so BORDERLINE's mass counts against ACCEPT
+    p = score(model, processor, prompt, examples, max_length=300, batch_size=2)
+    three = np.array([direct_p_accept(model, processor, prompt, ex) for ex in examples])
+    two = np.array([direct_p_accept(model, processor, prompt, ex, n_answers=2) for ex in examples])
+    np.testing.assert_allclose(p, three, atol=1e-5)
+    assert (two - three > 1e-3).all()  # not the two-answer score
