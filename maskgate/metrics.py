@@ -284,7 +284,7 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> N
             w.writerow([_cell(x) for x in row])
 
 
-def _save_png(fig: Figure, path: Path) -> None:
+def save_png(fig: Figure, path: Path) -> None:
     # Without "Software" the PNG carries no matplotlib version string; Agg adds no date to PNGs.
     # So the bytes depend on the data only (and the installed fonts/freetype).
     fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
@@ -328,7 +328,7 @@ def write_plots(labels, p_accept, out_dir, *, names: Sequence[str], n_bins: int 
 
     def png_file(name: str, fig: Figure) -> None:
         path = out / PLOT_PNG[name]
-        _save_png(fig, path)
+        save_png(fig, path)
         written[path.name] = path
 
     precision, recall, _ = precision_recall_curve(y, p)
