@@ -1,0 +1,576 @@
+"""Training and scoring throughput on one GPU: the references and the project's candidate settings.
+
+One command on the GPU machine (after `. scripts/gpu_env.sh`):
+
+    python3 bench/throughput.py --out bench/results/DATE-h100-throughput [--configs a,b,...] [--steps 5]
+
+It makes its own data (demo scenes rendered at --size px through the project's prepare, negatives
+and render code; every query padded with filler words so each example is exactly --tokens tokens,
+617 by default as in ../shared/FACTS.md: 441 image + 176 text), builds the random-8b preset (Qwen3-VL-8B's
+shape, random bf16 weights: speed and memory do not depend on weight values) once, measures the bf16
+matrix-multiply rate, then runs each configuration in its own subprocess with a timeout: a failure is
+printed with the tail of its log and the rest still run. Training configurations go through
+`maskgate.training.train` (TRL SFTTrainer, the project's collator) with their params["train"] settings;
+scoring configurations through `maskgate.scoring.score` on the loaded model with their
+params["evaluate"] settings (`maskgate.speedups.for_scoring`). Every setting a configuration changes
+is a params.yaml key, so the fastest one can become the default.
+
+Printed and written (one JSON per configuration in --out, and all of them in --out/results.jsonl):
+examples/s and tokens/s over the measured steps only (warm-up steps excluded: Unsloth compiles each
+decoder block in its first step), tokens per example (real; padded is the same here since every example
+has the same length, the ~1-2% padding of real data is not measured), peak GPU memory
+(torch.cuda.max_memory_allocated over the whole subprocess), MFU and HFU. MFU = model FLOPs per example
+(maskgate/flops.py: from the config's shape, counted the same for every configuration, so MFU ratios are
+throughput ratios) x examples/s / the bf16 torch.mm rate measured at the start of the same run. HFU adds
+the decoder forward that gradient checkpointing recomputes. Training records the loss of every step;
+scoring records P(ACCEPT) of the measured examples; the table shows |loss - the hf reference's| and
+max |dP| against the plain scoring reference over the examples both scored.
+
+Configurations (see CONFIGS; names starting `ref-` are the references of the issue):
+  ref-hf-gc-b16      transformers + peft LoRA r=16, gradient checkpointing, micro-batch 16
+  ref-unsloth16-b32  Unsloth 16-bit LoRA, batch 32          ref-unsloth4-b32  Unsloth QLoRA 4-bit, batch 32
+  ref-score-b32      today's score(): base + unmerged adapter, bf16, batch 32, batches prepared in turn
+  hf-*               the project's hf path with levers: w = dataloader workers, nogc = no checkpointing,
+                     fp8 = train.fp8, b = micro-batch
+  score-*            scoring with levers: w = workers, merge = evaluate.merge_adapter, fp8, compile, b = batch
+
+Predicted gains (before measuring; 617 tokens, H100; the training floor is about 40 examples/s and the
+scoring floor 73 by flops.py's count at 790 TFLOP/s):
+  * batches prepared in worker processes (train.dataloader_workers, evaluate.workers): the processor
+    spends ~30-50 ms per 672 px image on one CPU core, in series with the GPU today. Scoring at 24
+    examples/s spends 42 ms per example in all, so most of it may be CPU: predicted 1.3-2x for scoring,
+    1.1-1.3x for training (a training step is 2-3x the GPU work of a scoring pass).
+  * FP8 for the frozen decoder linears (train.fp8, evaluate.fp8): ~85% of the FLOPs are these matmuls and
+    FP8 runs them ~1.6-1.8x faster in practice (per-token quantisation of activations and gradients
+    costs extra memory passes); predicted 1.3-1.5x on the GPU part of both. Our own layer, not torchao's
+    Float8Linear, which would also compute the frozen weight's gradient (a third matmul) and recast the
+    weight each call.
+  * no gradient checkpointing (train.gradient_checkpointing: false): the recompute is a third of the
+    decoder's work (forward + input-gradient backward + forward again): up to 1.3x, less if the micro-batch
+    that fits (~8 at 617 tokens) is too small to fill the GPU.
+  * logits only at the answer position: already done on CUDA by TRL 1.15's fused LM head (sft_trainer.py
+    calls add_fused_lm_head; it projects only positions whose label is not -100): predicted 0 more.
+  * no padding waste: examples differ by a few text tokens (~1-2% padding): at most 1.02x; not a setting.
+  * merged adapter for scoring (evaluate.merge_adapter): removes 7 LoRA branches per layer, each a memory
+    pass over the activations: 1.05-1.1x.
+  * torch.compile of the decoder layers for scoring (evaluate.compile): fuses norms, rotary and SiLU;
+    1.05-1.15x on the GPU part, compile time in warm-up (minutes possible: risky inside 10 minutes).
+  * larger batch (64 vs 32): 1.0-1.05x, the GPU is already full at 32 x 617 tokens.
+  * reusing the shared prompt prefix: the image comes after a ~15-token system turn, so the shared
+    prefix is ~2% of the sequence: not worth the complexity; not tried.
+Targets: the best hf training config >= 1.3x ref-unsloth4-b32, the best scoring config >= 2x ref-score-b32.
+
+CPU check: `python bench/throughput.py --smoke --out DIR` runs the tiny preset at 64 px, 2 steps,
+batch 2, the configurations that need no CUDA (Unsloth ones are reported as skipped).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+def train_cfg(backend="hf", mb=16, gc=True, fp8=False, workers=0, four_bit=False) -> dict:
+    return {"kind": "train", "backend": backend, "micro_batch_size": mb, "train": {
+        "backend": backend, "gradient_checkpointing": gc, "fp8": fp8, "dataloader_workers": workers,
+        "load_in_4bit": four_bit}}
+
+
+def score_cfg(batch=32, workers=0, merge=False, fp8=False, compile_=False) -> dict:
+    return {"kind": "score", "batch_size": batch, "evaluate": {
+        "workers": workers, "merge_adapter": merge, "fp8": fp8, "compile": compile_}}
+
+
+CONFIGS = {
+    "ref-hf-gc-b16": train_cfg("hf", 16, gc=True),
+    "ref-unsloth16-b32": train_cfg("unsloth", 32, four_bit=False),
+    "ref-unsloth4-b32": train_cfg("unsloth", 32, four_bit=True),
+    "ref-score-b32": score_cfg(32),
+    "hf-w4-gc-b32": train_cfg("hf", 32, gc=True, workers=4),
+    "hf-w4-nogc-b8": train_cfg("hf", 8, gc=False, workers=4),
+    "hf-w4-fp8-gc-b32": train_cfg("hf", 32, gc=True, fp8=True, workers=4),
+    "hf-w4-fp8-nogc-b8": train_cfg("hf", 8, gc=False, fp8=True, workers=4),
+    "hf-w4-fp8-nogc-b6": train_cfg("hf", 6, gc=False, fp8=True, workers=4),
+    "score-w4-b32": score_cfg(32, workers=4),
+    "score-w4-merge-b32": score_cfg(32, workers=4, merge=True),
+    "score-w4-merge-fp8-b32": score_cfg(32, workers=4, merge=True, fp8=True),
+    "score-w6-merge-fp8-b64": score_cfg(64, workers=6, merge=True, fp8=True),
+    "score-w6-merge-fp8-compile-b64": score_cfg(64, workers=6, merge=True, fp8=True, compile_=True),
+}
+SMOKE_CONFIGS = ["ref-hf-gc-b16", "ref-unsloth4-b32", "ref-score-b32", "hf-w4-fp8-nogc-b8", "score-w4-merge-fp8-b32",
+                 "score-w6-merge-fp8-compile-b64"]
+REF_TRAIN, REF_LOSS, REF_SCORE = "ref-unsloth4-b32", "ref-hf-gc-b16", "ref-score-b32"
+
+
+# ----------------------------------------------------------------------------------------------
+# settings
+
+
+def base_params(args) -> dict:
+    """params.yaml with the bench's data, model and size settings."""
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["data"].update(source="demo", demo_images=args.demo_images)
+    p["render"].update(size=args.size, workers=max(1, min(8, os.cpu_count() or 1)), shard_size=100000)
+    p["model"]["preset"] = args.preset
+    return p
+
+
+def config_params(base: dict, cfg: dict, warmup: int, steps: int) -> dict:
+    """params for one training configuration: one micro-batch per optimizer step, no eval, no checkpoints."""
+    p = json.loads(json.dumps(base))
+    mb = cfg["micro_batch_size"]
+    p["train"].update(cfg["train"])
+    p["train"].update(batch_size=mb, micro_batch_size=mb, epochs=1, eval_examples=0, save_steps=10**6,
+                      logging_steps=1, warmup_ratio=0.0)
+    p["train"]["max_text_tokens"] = text_budget(base)
+    return p
+
+
+def text_budget(base: dict) -> int:
+    """train.max_text_tokens that admits the bench's padded queries."""
+    return max(int(base["train"]["max_text_tokens"]), base["bench"]["text_tokens"] + 8)
+
+
+def smoke_cfg(cfg: dict) -> dict:
+    """The same configuration at batch 2 (the CPU check)."""
+    cfg = json.loads(json.dumps(cfg))
+    settings = cfg.get("train") or cfg.get("evaluate")
+    key = "dataloader_workers" if cfg["kind"] == "train" else "workers"
+    settings[key] = min(settings[key], 2)  # the CPU check shares 2 cores
+    cfg["micro_batch_size" if cfg["kind"] == "train" else "batch_size"] = 2
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# data: demo scenes rendered by the project's own code, queries padded to an exact token count
+
+
+def make_rows(args, params: dict, work: Path) -> tuple[list[dict], dict]:
+    """Rendered train rows, each padded to exactly `target` tokens (prompt + image + answer); and their facts."""
+    from maskgate import model as M
+    from maskgate import negatives, prepare, render, tables
+    from maskgate.batching import answer_ids, prompt_text
+    from maskgate.prompt import Prompt
+
+    data = work / f"data-{args.size}px-{args.demo_images}"
+    if not (data / "rendered").is_dir():
+        prepare.prepare(params, data / "prepared")
+        negatives.build(data / "prepared", data / "negatives", params["negatives"], int(params["seed"]))
+        render.render(data / "prepared", data / "negatives", data / "rendered", params)
+    rows = list(tables.iter_shards(data / "rendered", "train"))
+    from maskgate.training import local_size
+
+    prompt = Prompt.from_params(params)
+    # the tokenizer build_tiny gives the local preset (random-8b uses the tiny one too)
+    processor = M.set_image_bounds(M.tiny_processor(prompt, M.TinySize(**local_size(params, args.preset)).vocab_size))
+    tok = processor.tokenizer
+    image = M.image_token_count(args.size)
+
+    def tokens(row, query):
+        text = len(tok(prompt_text(processor, prompt, query)).input_ids) - 1  # less the one image placeholder
+        return text + image + len(answer_ids(tok, row["label_text"]))
+
+    target = args.tokens or max(tokens(r, r["query"]) for r in rows)
+    out = []
+    for r in rows:
+        query = r["query"]
+        for filler in (" a", " the", " of", " x"):
+            q = query
+            while tokens(r, q) < target:
+                q += filler
+            if tokens(r, q) == target:
+                break
+        else:
+            raise ValueError(f"row {r['example_id']}: cannot pad query {query!r} to exactly {target} tokens")
+        out.append({**r, "query": q, "user": prompt.user_text(q)})
+    facts = {"tokens": target, "image_tokens": image, "answer_tokens": len(answer_ids(tok, rows[0]["label_text"])),
+             "text_tokens": target - image, "base_rows": len(out)}
+    return out, facts
+
+
+def write_rendered(rows: list[dict], n: int, folder: Path) -> Path:
+    """A rendered folder whose train split is exactly n rows (the base rows repeated) and a small val split."""
+    from maskgate import tables
+    from maskgate.render import SHARD_SCHEMA
+
+    if (folder / "done").exists():
+        return folder
+    records = [{**rows[i % len(rows)], "example_id": f"{rows[i % len(rows)]['example_id']}~{i // len(rows)}"}
+               for i in range(n)]
+    folder.mkdir(parents=True, exist_ok=True)
+    tables.write_shards(records, folder, "train", SHARD_SCHEMA, 10**6)
+    tables.write_shards(records[:8], folder, "val", SHARD_SCHEMA, 10**6)
+    (folder / "done").write_text("")
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# workers (each in its own process)
+
+
+def sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_gib():
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
+def worker_matmul(args, spec) -> dict:
+    """bf16 torch.mm TFLOP/s (and FP8 _scaled_mm, for the FP8 lever's ceiling) on this device."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    n = 8192 if cuda else 512
+    dtype = torch.bfloat16 if cuda else torch.float32
+    device = "cuda" if cuda else "cpu"
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+
+    def rate(fn, reps=20):
+        for _ in range(3):
+            fn()
+        sync()
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync()
+        return 2 * n**3 * reps / (time.perf_counter() - t)
+
+    out = {"matmul_n": n, "matmul_dtype": str(dtype).replace("torch.", ""), "bf16_flops_per_s": rate(lambda: a @ b)}
+    try:
+        from maskgate.fp8 import quantize_rows
+
+        a8, sa = quantize_rows(a)
+        b8, sb = quantize_rows(b.t().contiguous())
+        sb = sb.t().contiguous()
+        out["fp8_flops_per_s"] = rate(lambda: torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb, out_dtype=dtype))
+    except Exception as e:  # the FP8 figure is informative only
+        out["fp8_error"] = f"{type(e).__name__}: {e}"[:300]
+    return out
+
+
+def worker_build(args, spec) -> dict:
+    """Build (or find) the local preset's base folder once, before the timed configurations."""
+    import torch
+
+    from maskgate.training import build_local_base
+
+    cuda = torch.cuda.is_available()
+    t = time.time()
+    base = build_local_base(spec["params"], args.preset, Path(spec["model_dir"]), "cuda" if cuda else "cpu",
+                            torch.bfloat16 if cuda else torch.float32)
+    return {"base": str(base), "build_s": round(time.time() - t, 1)}
+
+
+def worker_train(args, spec) -> dict:
+    params, warmup, steps = spec["params"], spec["warmup"], spec["steps"]
+    from maskgate.training import resolve_backend
+
+    backend = resolve_backend(params)  # before transformers: unsloth must patch it first
+    import torch
+    from transformers import TrainerCallback
+
+    from maskgate.training import train
+
+    marks, losses = {}, []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            if state.global_step == warmup:
+                sync()
+                marks["t0"] = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            if state.global_step == warmup + steps:
+                sync()
+                marks["t1"] = time.perf_counter()
+
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append({"step": state.global_step, "loss": float(logs["loss"])})
+
+    work = Path(spec["work"])
+    summary = train(params, Path(spec["rendered"]), Path(spec["model_dir"]), work / "checkpoints", work / "live",
+                    backend=backend, callbacks=[Timer()])
+    if "t0" not in marks or "t1" not in marks:
+        raise RuntimeError(f"timer saw steps up to {summary['global_step']}, wanted {warmup + steps}")
+    measured = [x["loss"] for x in losses if warmup < x["step"] <= warmup + steps]
+    return {"backend": backend, "seconds": marks["t1"] - marks["t0"], "examples": steps * spec["batch"],
+            "loss_steps": losses, "loss_measured_mean": sum(measured) / len(measured) if measured else None,
+            "loss_first": losses[0]["loss"] if losses else None, "peak_gib": peak_gib(),
+            "trainable_params": summary["params"]["trainable"], "cuda": torch.cuda.is_available()}
+
+
+def worker_score(args, spec) -> dict:
+    import torch
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    from maskgate import model as M
+    from maskgate import speedups
+    from maskgate.prompt import Prompt
+    from maskgate import tables
+    from maskgate.scoring import score
+    from maskgate.training import build_local_base, lora_config, max_length, to_example, train_settings
+
+    params, warmup, steps, bs = spec["params"], spec["warmup"], spec["steps"], spec["batch"]
+    cuda = torch.cuda.is_available()
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    base = build_local_base(params, args.preset, Path(spec["model_dir"]), device, dtype)
+    model, processor = M.load(base, device=device, dtype=dtype)
+    # a LoRA adapter as evaluate loads one (unmerged); B drawn small instead of zero, so merging really changes weights
+    set_seed(int(params["seed"]))  # the same adapter in every configuration: P(ACCEPT) comparable across them
+    model = get_peft_model(model, lora_config(train_settings(params)["lora"]))
+    gen = torch.Generator().manual_seed(int(params["seed"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 1e-3)
+    model = speedups.for_scoring(model, params["evaluate"], "bench")
+    prompt = Prompt.from_params(params)
+    shard_rows = list(tables.iter_shards(Path(spec["rendered"]), "train"))
+    measured = [to_example(r) for r in shard_rows[: steps * bs]]
+    warm = [to_example(r) for r in shard_rows[steps * bs : (steps + warmup) * bs]]
+    seq = max_length(params)
+    workers = speedups.speed_settings(params["evaluate"])["workers"]
+    score(model, processor, prompt, warm, seq, bs, desc="warm-up", workers=workers)
+    sync()
+    t = time.perf_counter()
+    p = score(model, processor, prompt, measured, seq, bs, desc="measured", workers=workers)
+    sync()
+    return {"seconds": time.perf_counter() - t, "examples": len(measured), "p_accept": [float(x) for x in p],
+            "peak_gib": peak_gib(), "cuda": cuda}
+
+
+WORKERS = {"matmul": worker_matmul, "build": worker_build, "train": worker_train, "score": worker_score}
+
+
+# ----------------------------------------------------------------------------------------------
+# parent
+
+
+def run_worker(args, name: str, spec: dict, timeout: int) -> dict:
+    """Run one spec in a subprocess; its JSON result, or a failure record with the log's tail."""
+    spec_file = args.out / f"{name}.spec.json"
+    spec_file.write_text(json.dumps(spec))
+    log = args.out / f"{name}.log"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_file), "--out", str(args.out),
+           "--preset", args.preset, "--size", str(args.size)]
+    env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),
+           "TOKENIZERS_PARALLELISM": "false"}
+    started = time.time()
+    with log.open("w") as f:
+        try:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, env=env, cwd=ROOT).returncode
+            status = "ok" if rc == 0 else f"failed (exit {rc})"
+        except subprocess.TimeoutExpired:
+            status = f"timeout after {timeout} s"
+    result_file = args.out / f"{name}.result.json"
+    result = json.loads(result_file.read_text()) if status == "ok" and result_file.exists() else {}
+    if status == "ok" and not result:
+        status = "failed (no result written)"
+    if status != "ok":
+        tail = log.read_text(errors="replace").strip().splitlines()[-15:]
+        print(f"{name}: {status}; last lines of {log}:\n    " + "\n    ".join(tail), flush=True)
+        result = {"error_tail": tail}
+    return {"name": name, "status": status, "wall_s": round(time.time() - started, 1), **result}
+
+
+def measure(args, name: str, cfg: dict, base: dict, rows: list[dict], facts: dict, rate: float | None,
+            model_dir: Path, timeout: int) -> dict:
+    """Run one configuration and add its derived figures (examples/s, tokens/s, MFU, ...)."""
+    from maskgate import flops
+    from maskgate.training import train_settings
+
+    batch = cfg["micro_batch_size"] if cfg["kind"] == "train" else cfg["batch_size"]
+    n = (args.warmup + args.steps) * batch
+    rendered = write_rendered(rows, n, args.work / f"rendered-{n}")
+    if cfg["kind"] == "train":
+        params = config_params(base, cfg, args.warmup, args.steps)
+    else:
+        params = json.loads(json.dumps(base))
+        params["evaluate"].update(cfg["evaluate"], batch_size=batch)
+        params["train"]["max_text_tokens"] = text_budget(base)
+    params.pop("bench", None)
+    shutil.rmtree(args.work / name, ignore_errors=True)  # checkpoints of an earlier run would be resumed from
+    spec = {"kind": cfg["kind"], "params": params, "warmup": args.warmup, "steps": args.steps, "batch": batch,
+            "rendered": str(rendered), "model_dir": str(model_dir), "work": str(args.work / name)}
+    out = run_worker(args, name, spec, timeout)
+    out.update(kind=cfg["kind"], batch=batch, settings=cfg.get("train") or cfg.get("evaluate"))
+    if out["status"] != "ok":
+        return out
+    shape = flops.Shape.from_config(model_config(model_dir))
+    lora = train_settings(params)["lora"]
+    tokens = facts["tokens"] if cfg["kind"] == "train" else facts["tokens"] - facts["answer_tokens"]
+    if cfg["kind"] == "train":
+        model_f = flops.training_flops(shape, tokens, facts["image_tokens"], lora["r"], lora["targets"],
+                                       facts["answer_tokens"])
+        gc = cfg["train"]["gradient_checkpointing"] if cfg["backend"] == "hf" else True  # Unsloth always checkpoints
+        hw_f = flops.hardware_flops(shape, tokens, facts["image_tokens"], lora["r"], lora["targets"],
+                                    facts["answer_tokens"], checkpointing=bool(gc))
+    else:
+        model_f = hw_f = flops.scoring_flops(shape, tokens, facts["image_tokens"])
+    eps = out["examples"] / out["seconds"]
+    out.update(examples_per_s=eps, tokens_per_example=tokens, padded_tokens_per_example=tokens,
+               tokens_per_s=eps * tokens, padded_tokens_per_s=eps * tokens, model_flops_per_example=model_f,
+               hardware_flops_per_example=hw_f, mfu=eps * model_f / rate if rate else None,
+               hfu=eps * hw_f / rate if rate else None)
+    return out
+
+
+def model_config(model_dir: Path):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(model_dir / "base"))
+
+
+def compare(results: dict) -> None:
+    """Ratios and equality checks against the references, added in place."""
+    import numpy as np
+
+    ref_t, ref_l, ref_s = (results.get(k) for k in (REF_TRAIN, REF_LOSS, REF_SCORE))
+    for r in results.values():
+        if r.get("status") != "ok" or "examples_per_s" not in r:
+            continue
+        if r["kind"] == "train":
+            if ref_t and ref_t.get("status") == "ok":
+                r["x_ref"] = r["examples_per_s"] / ref_t["examples_per_s"]
+            if ref_l and ref_l.get("status") == "ok" and r.get("loss_measured_mean") is not None:
+                r["dloss_vs_hf"] = abs(r["loss_measured_mean"] - ref_l["loss_measured_mean"])
+        elif ref_s and ref_s.get("status") == "ok":
+            r["x_ref"] = r["examples_per_s"] / ref_s["examples_per_s"]
+            n = min(len(r["p_accept"]), len(ref_s["p_accept"]))
+            r["max_dp_vs_ref"] = float(np.max(np.abs(np.array(r["p_accept"][:n]) - np.array(ref_s["p_accept"][:n]))))
+
+
+def fmt(v, spec):
+    """format(v, spec), or a dash as wide as the spec's width when there is no value."""
+    width = int("".join(c for c in spec.split(".")[0] if c.isdigit()) or 0)
+    return "-".rjust(width) if v is None else format(v, spec)
+
+
+def table(results: dict, rate: dict) -> str:
+    lines = [f"bf16 torch.mm {fmt(rate.get('bf16_flops_per_s') and rate['bf16_flops_per_s'] / 1e12, '.0f')} TFLOP/s, "
+             f"fp8 _scaled_mm {fmt(rate.get('fp8_flops_per_s') and rate['fp8_flops_per_s'] / 1e12, '.0f')} TFLOP/s "
+             f"(n={rate.get('matmul_n')}, {rate.get('device', '?')})",
+             f"{'config':34} {'batch':>5} {'ex/s':>7} {'x ref':>6} {'tok/s':>8} {'tok/ex':>6} {'peak GiB':>8} "
+             f"{'MFU':>6} {'HFU':>6} {'loss':>8} {'|dloss|':>8} {'max|dP|':>8}  status"]
+    for name, r in results.items():
+        ok = r.get("status") == "ok"
+        lines.append(
+            f"{name:34} {r.get('batch', '-'):>5} {fmt(r.get('examples_per_s'), '7.2f')} {fmt(r.get('x_ref'), '6.2f')} "
+            f"{fmt(r.get('tokens_per_s'), '8.0f')} {fmt(r.get('tokens_per_example'), '6d')} {fmt(r.get('peak_gib'), '8.1f')} "
+            f"{fmt(r.get('mfu'), '6.1%')} {fmt(r.get('hfu'), '6.1%')} {fmt(r.get('loss_measured_mean'), '8.4f')} "
+            f"{fmt(r.get('dloss_vs_hf'), '8.4f')} {fmt(r.get('max_dp_vs_ref'), '8.2e')}  {r.get('status') if not ok else 'ok'}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="results: one JSON per configuration, results.jsonl, logs")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/maskgate-throughput"), help="data, model, checkpoints")
+    ap.add_argument("--configs", default=None, help=f"comma-separated, from: {', '.join(CONFIGS)} (default: all)")
+    ap.add_argument("--steps", type=int, default=None, help="measured steps (batches) per configuration (default 5)")
+    ap.add_argument("--warmup", type=int, default=None, help="steps before timing starts (default 3)")
+    ap.add_argument("--tokens", type=int, default=None, help="tokens per training example (default 617; 0 = longest row)")
+    ap.add_argument("--size", type=int, default=None, help="overlay side in px (default 672)")
+    ap.add_argument("--preset", default=None, help="model preset (default random-8b)")
+    ap.add_argument("--demo-images", type=int, default=None, help="demo scenes rendered (rows are repeated as needed)")
+    ap.add_argument("--timeout", type=int, default=None, help="seconds per configuration (default 300)")
+    ap.add_argument("--budget", type=int, default=0,
+                    help="seconds for the whole command (0 = no limit): a configuration gets at most what is left, "
+                         "less 20 s to print the table, and none is started with under 60 s left")
+    ap.add_argument("--smoke", action="store_true", help="CPU check: tiny preset, 64 px, batch 2, 2 steps")
+    ap.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    smoke = {"steps": 2, "warmup": 1, "tokens": 0, "size": 64, "preset": "tiny", "demo_images": 8, "timeout": 300}
+    full = {"steps": 5, "warmup": 3, "tokens": 617, "size": 672, "preset": "random-8b", "demo_images": 40, "timeout": 300}
+    for key, value in (smoke if args.smoke else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    if args.worker:  # inside a subprocess: run one spec, write its result
+        spec = json.loads(args.worker.read_text())
+        result = WORKERS[spec["kind"]](args, spec)
+        name = args.worker.name[: -len(".spec.json")]
+        (args.out / f"{name}.result.json").write_text(json.dumps(result))
+        return 0
+
+    names = args.configs.split(",") if args.configs else (SMOKE_CONFIGS if args.smoke else list(CONFIGS))
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")
+    started = time.time()
+    args.work.mkdir(parents=True, exist_ok=True)
+    base = base_params(args)
+    t = time.time()
+    rows, facts = make_rows(args, base, args.work)
+    base["bench"] = {"text_tokens": facts["text_tokens"]}
+    print(f"data: {facts['base_rows']} rendered rows at {args.size} px, {facts['tokens']} tokens per training example "
+          f"({facts['image_tokens']} image), made in {time.time() - t:.0f} s", flush=True)
+    model_dir = args.work / f"model-{args.preset}"
+
+    env = {"device": None}
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        env = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__}
+    except Exception as e:  # the bench still runs; the device is unknown
+        cuda, env["device_error"] = False, str(e)
+    rate = run_worker(args, "matmul", {"kind": "matmul"}, 300)
+    rate["device"] = env["device"]
+    bf16 = rate.get("bf16_flops_per_s")
+    build_params = json.loads(json.dumps(base))
+    build_params.pop("bench")
+    built = run_worker(args, "build", {"kind": "build", "params": build_params, "model_dir": str(model_dir)},
+                       int(args.budget - (time.time() - started) - 30) if args.budget else 900)
+    print(f"matmul: {rate['status']}, bf16 {fmt(bf16 and bf16 / 1e12, '.1f')} TFLOP/s; base model: {built['status']}"
+          f" ({built.get('build_s', '-')} s)", flush=True)
+    if built["status"] != "ok":
+        return 1
+
+    results = {}
+    jsonl = args.out / "results.jsonl"
+    for name in names:
+        left = args.budget - (time.time() - started) - 20 if args.budget else args.timeout
+        cfg = smoke_cfg(CONFIGS[name]) if args.smoke else CONFIGS[name]
+        if left < 60:
+            r = {"name": name, "status": "not run: out of --budget", "kind": cfg["kind"]}
+        elif cfg.get("backend") == "unsloth" and not cuda:
+            r = {"name": name, "status": "skipped: Unsloth needs CUDA", "kind": cfg["kind"]}
+        else:
+            r = measure(args, name, cfg, base, rows, facts, bf16, model_dir, int(min(args.timeout, left)))
+        r.update(env, date=time.strftime("%Y-%m-%d"), preset=args.preset, size=args.size)
+        results[name] = r
+        (args.out / f"{name}.json").write_text(json.dumps(r, indent=1))
+        with jsonl.open("a") as f:  # as each one ends: a run killed later keeps what it measured
+            f.write(json.dumps({**r, "matmul": rate, "command": " ".join(sys.argv)}) + "\n")
+        print(f"{name}: {r['status']}, {fmt(r.get('examples_per_s'), '.2f')} examples/s, peak "
+              f"{fmt(r.get('peak_gib'), '.1f')} GiB, wall {r.get('wall_s', '-')} s", flush=True)
+    compare(results)
+    for name, r in results.items():  # the JSONs again, now with the comparisons against the references
+        if "examples_per_s" in r:
+            (args.out / f"{name}.json").write_text(json.dumps(r, indent=1))
+    print("\n" + table(results, rate), flush=True)
+    (args.out / "table.txt").write_text(table(results, rate) + "\n")
+    return 0 if all(r["status"] == "ok" or r["status"].startswith("skipped") for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
