@@ -22,13 +22,14 @@ CHUNK = 512  # examples decoded at a time; bounds memory on a large validation s
 
 
 def score_split(model, processor, prompt: Prompt, rendered: Path, split: str, max_length: int,
-                batch_size: int) -> list[dict]:
+                batch_size: int, workers: int = 0) -> list[dict]:
     """P(ACCEPT) of every example of a split, with its id, kind and label, in shard order."""
     out, chunk = [], []
 
     def flush():
         examples = [to_example(r) for r in chunk]  # the train stage's decoding; scoring ignores the answer
-        p = score(model, processor, prompt, examples, max_length, batch_size, desc=f"evaluate: scoring {split}")
+        p = score(model, processor, prompt, examples, max_length, batch_size, desc=f"evaluate: scoring {split}",
+                  workers=workers)
         out.extend({"example_id": r["example_id"], "kind": r["kind"], "label": r["label"], "p_accept": float(s)}
                    for r, s in zip(chunk, p))
         chunk.clear()

@@ -73,6 +73,9 @@ TRAIN_DEFAULTS: dict = {
     },
     "gradient_checkpointing": "auto",  # true | false | auto (on except for the tiny preset)
     "load_in_4bit": True,  # unsloth backend only: QLoRA on the pre-quantised weights
+    # hf backend only: the frozen language-model linears in FP8 (maskgate/fp8.py); a no-op that says why off
+    # CUDA or on GPUs before compute capability 8.9, so the CPU demo runs the same params
+    "fp8": False,
     "save_steps": 100,  # optimizer steps between checkpoints (the last step is always saved)
     "keep_checkpoints": 2,  # newest checkpoints kept in checkpoints/
     "eval_steps": 100,  # optimizer steps between evaluations (and at the last step); 0 = only at the end
@@ -113,6 +116,8 @@ def train_settings(params: dict) -> dict:
             raise ParamsError(f"train.{key} must be a positive integer, got {cfg[key]!r}")
     if cfg["gradient_checkpointing"] not in (True, False, "auto"):
         raise ParamsError(f"train.gradient_checkpointing must be true, false or auto, got {cfg['gradient_checkpointing']!r}")
+    if not isinstance(cfg["fp8"], bool):
+        raise ParamsError(f"train.fp8 must be true or false, got {cfg['fp8']!r}")
     return cfg
 
 
@@ -317,6 +322,8 @@ def load_model(params: dict, cfg: dict, backend: str, out_dir: Path, device: str
     if backend == "unsloth":
         from unsloth import FastVisionModel
 
+        if cfg["fp8"]:
+            raise ParamsError("train.fp8 runs on the hf backend only (Unsloth has its own kernels): set train.backend: hf")
         if preset not in M.LOCAL_PRESETS:  # 4-bit: Unsloth's pre-quantised weights; 16-bit: the original ones
             base = M.PRESETS[preset].unsloth_id if cfg["load_in_4bit"] else M.PRESETS[preset].hub_id
         model, processor = FastVisionModel.from_pretrained(
@@ -345,6 +352,10 @@ def load_model(params: dict, cfg: dict, backend: str, out_dir: Path, device: str
     model.train()
     set_seed(seed)  # LoRA's A matrices are drawn now
     model = get_peft_model(model, lora_config(lora))
+    if cfg["fp8"]:  # after peft: it converts the frozen base_layer inside each LoRA layer
+        from maskgate import fp8
+
+        fp8.apply(model, device, "train")
     if _checkpointing(cfg, preset):
         model.enable_input_require_grads()
     return model, processor, base

@@ -18,7 +18,7 @@ def main() -> int:
     args = ap.parse_args()
     params = load_params(args.params)
 
-    from maskgate import evaluate, metrics
+    from maskgate import evaluate, metrics, speedups
     from maskgate.prompt import Prompt, gate_label
     from maskgate.tables import write_json
     from maskgate.training import max_length
@@ -27,8 +27,9 @@ def main() -> int:
     cfg = params["evaluate"]
     prompt = Prompt.from_params(params)
     model, processor = load_verifier(args.model)
+    model = speedups.for_scoring(model, cfg, "evaluate")  # evaluate.merge_adapter/fp8/compile: BENCHMARKS.md
     scores = evaluate.score_split(model, processor, prompt, Path(args.rendered), "val",
-                                  max_length(params), int(cfg["batch_size"]))
+                                  max_length(params), int(cfg["batch_size"]), speedups.speed_settings(cfg)["workers"])
     result, point = evaluate.measure(scores, cfg)
     result["shortcut_auroc"] = evaluate.shortcut_baseline(Path(args.rendered), int(params["seed"]))
     evaluate.write_scores(scores, Path(args.scores))
