@@ -83,7 +83,7 @@ def verify_one(g, args, threshold: float) -> int:
         return 1
     p = g.score([(c, jpeg)], 1)[0]
     accept = gate.decide(p, threshold)
-    print(json.dumps({"p_accept": p, "decision": g.prompt.answers[0] if accept else g.prompt.answers[1],
+    print(json.dumps({"p_accept": p, "decision": g.prompt.decision_names[0 if accept else 1],
                       "route": "auto_pass" if accept else "needs_review", "threshold": threshold}))
     return 0
 

@@ -267,12 +267,16 @@ def run(manifest: Path, out_dir: Path, gate: Gate, threshold: float, threshold_s
                 flush()
         if pending:
             flush()
-    return route(lines, read_log(log_path), out_dir, threshold, threshold_source, gate.prompt.answers)
+    return route(lines, read_log(log_path), out_dir, threshold, threshold_source, gate.prompt.decision_names)
 
 
 def route(lines: list[tuple[int, str]], done: dict[int, dict], out_dir: Path, threshold: float,
-          threshold_source: str, answers: tuple[str, ...]) -> dict:
-    """Write results, auto_pass, needs_review and summary from the scores; return the summary."""
+          threshold_source: str, decision_names: tuple[str, str]) -> dict:
+    """Write results, auto_pass, needs_review and summary from the scores; return the summary.
+
+    decision_names: Prompt.decision_names, the `decision` of an auto-passed line and of the rest
+    (ACCEPT / REJECT; "not ACCEPT" for the rest when the prompt has more than two answers).
+    """
     results, passed, review, errors = [], [], [], Counter()
     for number, text in lines:
         r = dict(done[number])
@@ -282,7 +286,7 @@ def route(lines: list[tuple[int, str]], done: dict[int, dict], out_dir: Path, th
             r["route"] = "needs_review"
         else:
             accept = decide(r["p_accept"], threshold)
-            r["decision"] = answers[0] if accept else answers[1]
+            r["decision"] = decision_names[0] if accept else decision_names[1]
             r["route"] = "auto_pass" if accept else "needs_review"
         results.append(r)
         try:
