@@ -106,3 +106,23 @@ def save_tiny_verifier(out: Path, tiny_dir: Path, params: dict, max_length: int 
 def tiny_verifier(tmp_path, tiny_qwen3vl_dir, params):
     """(model folder, the peft model in memory) of an untrained tiny verifier."""
     return save_tiny_verifier(tmp_path / "verifier", tiny_qwen3vl_dir, params)
+
+
+@pytest.fixture(scope="session")
+def two_demo_experiments(tmp_path_factory):
+    """The project in a fresh git repo after two tiny demo experiments through `dvc exp run`:
+    `first` (lr 1e-3), then `second` (lr 1e-4), which the workspace holds at the end.
+
+    Returns (repo, what `dvc status` printed right after `first`). Built once per session because
+    the runs take minutes; the experiment and report tests share it.
+    """
+    from tests.test_experiments import SMALL_DEMO
+    from tests.test_pipeline_dvc import project_copy, sh
+
+    repo = project_copy(tmp_path_factory.mktemp("experiments"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", str(repo))  # the stages import the copy's package, not an installed one
+        sh("dvc", "exp", "run", "-n", "first", *SMALL_DEMO, "-S", "lr=1e-3", cwd=repo)
+        status = sh("dvc", "status", cwd=repo)
+        sh("dvc", "exp", "run", "-n", "second", *SMALL_DEMO, "-S", "lr=1e-4", cwd=repo)
+    return repo, status

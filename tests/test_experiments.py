@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tests.test_pipeline_dvc import project_copy, sh
+from tests.test_pipeline_dvc import sh
 
 pytestmark = pytest.mark.slow
 
@@ -13,14 +13,12 @@ SMALL_DEMO = ["-S", "data.source=demo", "-S", "data.demo_images=24", "-S", "rend
               "-S", "audit_sample.n=10"]
 
 
-def test_two_experiments_side_by_side(tmp_path):
-    repo = project_copy(tmp_path)
-    sh("dvc", "exp", "run", "-n", "first", *SMALL_DEMO, "-S", "lr=1e-3", cwd=repo)
-    assert "up to date" in sh("dvc", "status", cwd=repo)  # a repro after it is a no-op
+def test_two_experiments_side_by_side(two_demo_experiments):
+    repo, status_after_first = two_demo_experiments  # `first` (lr 1e-3), then `second` (lr 1e-4)
+    assert "up to date" in status_after_first  # a repro after an experiment is a no-op
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert {"accuracy", "auroc", "ece", "shortcut_auroc", "by_kind", "at_threshold"} <= set(metrics)
     assert (repo / "reports/audit/index.html").is_file() and (repo / "reports/plots/roc.png").is_file()
-    sh("dvc", "exp", "run", "-n", "second", *SMALL_DEMO, "-S", "lr=1e-4", cwd=repo)
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo))
     rows = {e["name"]: e for commit in shown for e in (commit.get("experiments") or [])
             for e in [e["revs"][0]] if e.get("name")}
