@@ -48,6 +48,7 @@ BACKENDS = ("auto", "hf", "unsloth")
 TRAIN_DEFAULTS: dict = {
     "backend": "auto",  # auto | hf | unsloth; auto = unsloth when CUDA works, unsloth imports and the preset is not tiny
     "batch_size": 64,  # effective batch: micro_batch_size x gradient accumulation x world size
+    "gpus": 1,  # data-parallel processes, one per GPU; > 1: the stage relaunches itself under torchrun (launch.py)
     "micro_batch_size": 8,  # examples per forward/backward on one device
     "epochs": 1,
     "warmup_ratio": 0.03,  # share of optimizer steps with linear warm-up
@@ -111,7 +112,7 @@ def train_settings(params: dict) -> dict:
     cfg = _merge(TRAIN_DEFAULTS, params.get("train"), "train")
     if cfg["backend"] not in BACKENDS:
         raise ParamsError(f"train.backend must be one of {BACKENDS}, got {cfg['backend']!r}")
-    for key in ("batch_size", "micro_batch_size", "epochs", "max_text_tokens", "save_steps", "logging_steps"):
+    for key in ("batch_size", "micro_batch_size", "gpus", "epochs", "max_text_tokens", "save_steps", "logging_steps"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ParamsError(f"train.{key} must be a positive integer, got {cfg[key]!r}")
     if cfg["gradient_checkpointing"] not in (True, False, "auto"):
@@ -371,8 +372,11 @@ def _checkpointing(cfg: dict, preset: str) -> bool:
 
 
 # Settings that do not change the weights a run ends with: changing them keeps the checkpoints.
+# `gpus` too: the effective batch and the examples of each optimizer step are the same on any GPU count
+# (accelerate deals batch i to rank i mod N), so a run may resume on another count; only the dropout
+# masks differ (each rank has its own RNG state, restored when the count is the same).
 NOT_IN_FINGERPRINT = {"save_steps", "keep_checkpoints", "eval_steps", "eval_examples", "logging_steps",
-                      "dataloader_workers", "cpu_threads"}
+                      "dataloader_workers", "cpu_threads", "gpus"}
 
 
 def fingerprint(params: dict, rendered: Path, backend: str) -> dict:
@@ -471,6 +475,27 @@ def trainer_class(base):
             super().__init__(*args, **kwargs)
             self.auroc_rows, self.prompt, self.max_len, self.on_score = auroc_rows, prompt, max_length, on_score
 
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            # Several CPU processes (gloo: the data-parallel tests): transformers loads the optimizer state
+            # with map_location=args.device, which accelerate names cpu:0, a location torch.load rejects
+            # ("don't know how to restore data location ... cpu:0"). Map it to plain cpu. GPUs: untouched.
+            import torch
+
+            if self.args.device.type != "cpu" or self.args.world_size == 1:
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            load = torch.load
+
+            def cpu_load(*args, **kwargs):
+                if isinstance(kwargs.get("map_location"), torch.device) and kwargs["map_location"].type == "cpu":
+                    kwargs["map_location"] = "cpu"
+                return load(*args, **kwargs)
+
+            torch.load = cpu_load
+            try:
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            finally:
+                torch.load = load
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # TRL 1.15 computes the loss with a Triton kernel (its fused LM head), which has no CPU driver:
             # off CUDA, take transformers' own loss (the model's cross-entropy over the same answer labels).
@@ -562,8 +587,12 @@ def train(
         max_grad_norm=float(cfg["max_grad_norm"]),  # 0 = no clipping
         optim="adamw_torch_fused" if cuda else "adamw_torch",
         bf16=cuda,
+        use_cpu=not cuda,  # also what lets accelerate run CPU processes data-parallel (gloo)
         gradient_checkpointing=_checkpointing(cfg, preset) and backend == "hf",
         gradient_checkpointing_kwargs={"use_reentrant": False},
+        # data-parallel: every batch runs every layer (each example has an image), so each trainable
+        # parameter gets a gradient; the Trainer's default for peft (True) costs a graph walk per backward
+        ddp_find_unused_parameters=False,
         seed=seed,
         data_seed=seed,
         logging_steps=cfg["logging_steps"],
@@ -629,6 +658,7 @@ def train(
         if adapter.exists():
             shutil.rmtree(adapter)
         trainer.model.save_pretrained(str(adapter), safe_serialization=True)
+    trainer.accelerator.wait_for_everyone()  # data-parallel: no rank returns before the adapter is written
     if live:
         live.end()
 
