@@ -105,6 +105,9 @@ CONFIGS = {
     "score-w4-merge-fp8-b32": score_cfg(32, workers=4, merge=True, fp8=True),
     "score-w6-merge-fp8-b64": score_cfg(64, workers=6, merge=True, fp8=True),
     "score-w6-merge-fp8-compile-b64": score_cfg(64, workers=6, merge=True, fp8=True, compile_=True),
+    "score-compile-b64": score_cfg(64, compile_=True),
+    "score-merge-compile-b64": score_cfg(64, merge=True, compile_=True),
+    "score-w6-merge-compile-b64": score_cfg(64, workers=6, merge=True, compile_=True),
 }
 SMOKE_CONFIGS = ["ref-hf-gc-b16", "ref-unsloth4-b32", "ref-score-b32", "hf-w4-fp8-nogc-b8", "score-w4-merge-fp8-b32",
                  "score-w6-merge-fp8-compile-b64"]

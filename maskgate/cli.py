@@ -50,11 +50,13 @@ def cmd_verify(args) -> int:
         print("verify: --image needs --query and at least one --mask", file=sys.stderr)
         return 2
     try:
+        evaluate = scoring_settings(args.params)
+        batch_size = args.batch_size or int(evaluate.get("batch_size", 16))
         threshold, source = gate.threshold_from(args.operating_point, args.threshold)
-        g = gate.Gate(args.model, args.device)
+        g = gate.Gate(args.model, args.device, evaluate)
         if single:
             return verify_one(g, args, threshold)
-        s = gate.run(args.manifest, args.out, g, threshold, source, args.batch_size, args.fresh)
+        s = gate.run(args.manifest, args.out, g, threshold, source, batch_size, args.fresh)
     except (FileNotFoundError, ValueError) as e:
         print(f"verify: {e}", file=sys.stderr)
         return 1
@@ -63,6 +65,13 @@ def cmd_verify(args) -> int:
           f"({s['bad_lines']} bad{': ' + reasons if reasons else ''}); threshold {s['threshold']:.4f} from "
           f"{s['threshold_source']}; outputs in {args.out}")
     return 0
+
+
+def scoring_settings(params_path) -> dict:
+    """params["evaluate"] (batch size and speed settings) when the params file exists, else {}."""
+    from maskgate.params import load_params
+
+    return dict(load_params(params_path).get("evaluate") or {}) if params_path.is_file() else {}
 
 
 def verify_one(g, args, threshold: float) -> int:
@@ -132,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="evaluate's threshold file (default: %(default)s)")
     vf.add_argument("--threshold", type=float, help="auto-pass at P(ACCEPT) >= this, instead of the operating point")
     vf.add_argument("--out", type=Path, default=Path("gate"), help="output folder for a manifest (default: %(default)s)")
-    vf.add_argument("--batch-size", type=int, default=16, help="candidates per forward pass (default: %(default)s)")
+    vf.add_argument("--batch-size", type=int, help="candidates per forward pass (default: evaluate.batch_size, else 16)")
+    vf.add_argument("--params", type=Path, default=Path("params.yaml"),
+                    help="its evaluate section sets the batch size and the speed settings (merge_adapter, fp8, "
+                         "compile), so the gate scores as evaluate does; ignored if missing (default: %(default)s)")
     vf.add_argument("--fresh", action="store_true", help="discard earlier scores in --out and start over")
     vf.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
     vf.set_defaults(func=cmd_verify)

@@ -153,7 +153,10 @@ def threshold_from(operating_point: Path | None, threshold: float | None) -> tup
 class Gate:
     """A loaded verifier with the input contract it was trained on (verifier.json)."""
 
-    def __init__(self, model_dir: Path, device: str | None = None):
+    def __init__(self, model_dir: Path, device: str | None = None, speed: dict | None = None):
+        """`speed`: the speed keys of params["evaluate"] (merge_adapter, fp8, compile), so the gate
+        scores as evaluate does; None scores the base + adapter as loaded."""
+        from maskgate import speedups
         from maskgate.prompt import Prompt
         from maskgate.verifier import load_verifier, read_manifest
 
@@ -165,6 +168,8 @@ class Gate:
         self.style, self.prompt = Style.from_params(params), Prompt.from_params(params)
         self.max_length = int(manifest["max_length"])
         self.model, self.processor = load_verifier(model_dir, device)
+        if speed:
+            self.model = speedups.for_scoring(self.model, speed, "gate")
 
     def check_length(self, c: Candidate, jpeg: bytes) -> None:
         """BadLine if the query would not fit the token budget (instead of failing its whole batch)."""
@@ -315,7 +320,8 @@ def write_jsonl(records: list[dict], path: Path) -> None:
 
 def verify(manifest: Path, model_dir: Path = Path("models/verifier"), out_dir: Path = Path("gate"),
            operating_point: Path | None = Path("reports/operating_point.json"), threshold: float | None = None,
-           batch_size: int = 16, fresh: bool = False, device: str | None = None, progress: bool = True) -> dict:
+           batch_size: int = 16, fresh: bool = False, device: str | None = None, progress: bool = True,
+           speed: dict | None = None) -> dict:
     """The gate from Python: score and route a manifest; returns the summary (see module doc)."""
     t, source = threshold_from(operating_point, threshold)
-    return run(manifest, out_dir, Gate(model_dir, device), t, source, batch_size, fresh, progress)
+    return run(manifest, out_dir, Gate(model_dir, device, speed), t, source, batch_size, fresh, progress)

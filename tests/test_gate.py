@@ -279,3 +279,16 @@ def test_demo_manifest_routes_through_the_gate(tmp_path, loaded_gate):
               for t in (tmp_path / "out" / name).read_text().splitlines()]
     assert sorted(r["id"] for r in routed) == sorted(line["id"] for line in lines)
     assert all(r["expected"] in ("ACCEPT", "REJECT") for r in routed)  # extra keys come through
+
+
+def test_gate_scores_as_evaluate_does_with_the_speed_settings(tmp_path, small_verifier, loaded_gate):
+    """evaluate's merge_adapter folds LoRA into the base: the same P(ACCEPT) within fp32 rounding."""
+    manifest = write_manifest(tmp_path / "in", [good(0), good(1, query="the lower box")])
+    plain = gate.run(manifest, tmp_path / "plain", loaded_gate, 0.5, "given", progress=False)
+    merged = gate.Gate(small_verifier, device="cpu", speed={"merge_adapter": True})
+    assert not hasattr(merged.model, "merge_and_unload")  # no peft wrapper left
+    fast = gate.run(manifest, tmp_path / "fast", merged, 0.5, "given", progress=False)
+    assert plain == fast
+    a, b = ([json.loads(t)["p_accept"] for t in (tmp_path / d / gate.RESULTS).read_text().splitlines()]
+            for d in ("plain", "fast"))
+    assert a == pytest.approx(b, abs=1e-5)
