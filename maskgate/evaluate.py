@@ -24,6 +24,8 @@ CHUNK = 512  # examples decoded at a time; bounds memory on a large validation s
 def score_split(model, processor, prompt: Prompt, rendered: Path, split: str, max_length: int,
                 batch_size: int, workers: int = 0) -> list[dict]:
     """P(ACCEPT) of every example of a split, with its id, kind and label, in shard order."""
+    if not tables.shard_paths(rendered, split):
+        raise FileNotFoundError(f"no {split}-*.parquet shards in {rendered}; run the render stage first")
     out, chunk = [], []
 
     def flush():

@@ -143,7 +143,7 @@ def validate(raw: dict, images: ImageChecker, policy: str, stats: Counter) -> Ro
     checked = []
     for g in groups:
         if not isinstance(g, list) or not g:
-            raise BadRow("empty_group", f"group {len(checked)} is {g!r}, not a list of mask indices")
+            raise BadRow("empty_group", f"group {len(checked)} is {g!r}: not a non-empty list of mask indices")
         checked.append([_rle_of(pool, i, height, width, policy, stats) for i in g])
     if not masks.union(masks.decode_group(checked[0], height, width)).any():
         raise BadRow("empty_group", "the named group covers no pixel")

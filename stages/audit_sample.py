@@ -17,7 +17,11 @@ def main() -> int:
     ap.add_argument("--out", default="reports/audit")
     args = ap.parse_args()
     params = load_params(args.params)
-    records = audit_records(Path(args.scores), Path(args.rendered), int(params["audit_sample"]["n"]))
+    try:
+        records = audit_records(Path(args.scores), Path(args.rendered), int(params["audit_sample"]["n"]))
+    except (OSError, ValueError) as e:  # OSError: scores or shards missing or unreadable
+        print(f"audit_sample failed: {e}", file=sys.stderr)
+        return 1
     paths = write_audit(records, Path(args.out), prompt=Prompt.from_params(params))
     print(f"audit_sample: {len(records)} cases -> {paths['index.html']} (open in a browser) and {paths['audit.csv']}")
     return 0

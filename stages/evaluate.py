@@ -25,13 +25,19 @@ def main() -> int:
     from maskgate.verifier import load_verifier
 
     cfg = params["evaluate"]
-    prompt = Prompt.from_params(params)
-    model, processor = load_verifier(args.model)
-    model = speedups.for_scoring(model, cfg, "evaluate")  # evaluate.merge_adapter/fp8/compile: BENCHMARKS.md
-    scores = evaluate.score_split(model, processor, prompt, Path(args.rendered), "val",
-                                  max_length(params), int(cfg["batch_size"]), speedups.speed_settings(cfg)["workers"])
+    try:
+        prompt = Prompt.from_params(params)
+        model, processor = load_verifier(args.model)
+        model = speedups.for_scoring(model, cfg, "evaluate")  # evaluate.merge_adapter/fp8/compile: BENCHMARKS.md
+        scores = evaluate.score_split(model, processor, prompt, Path(args.rendered), "val",
+                                      max_length(params), int(cfg["batch_size"]),
+                                      speedups.speed_settings(cfg)["workers"])
+        shortcut_auroc = evaluate.shortcut_baseline(Path(args.rendered), int(params["seed"]))
+    except (OSError, ValueError) as e:  # OSError: no trained verifier, or shards missing or unreadable
+        print(f"evaluate failed: {e}", file=sys.stderr)
+        return 1
     result, point = evaluate.measure(scores, cfg)
-    result["shortcut_auroc"] = evaluate.shortcut_baseline(Path(args.rendered), int(params["seed"]))
+    result["shortcut_auroc"] = shortcut_auroc
     evaluate.write_scores(scores, Path(args.scores))
     metrics.write_plots([gate_label(s["label"]) for s in scores], [s["p_accept"] for s in scores], Path(args.plots),
                         names=prompt.decision_names)
