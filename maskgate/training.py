@@ -205,9 +205,13 @@ def load_split(rendered: Path, split: str):
     """The render stage's `{split}-*.parquet` shards as a `datasets.Dataset` (only the columns used)."""
     from datasets import load_dataset
 
+    from maskgate import tables
+
     files = sorted(str(p) for p in Path(rendered).glob(f"{split}-*.parquet"))
     if not files:
         raise FileNotFoundError(f"no {split}-*.parquet shards in {rendered}; run the render stage first")
+    for f in files:  # a shard cut short: an error naming it, not one from deep inside datasets
+        tables.open_parquet(f)
     return load_dataset("parquet", data_files={split: files}, split=split).select_columns(KEEP_COLUMNS)
 
 
@@ -391,8 +395,6 @@ def fingerprint(params: dict, rendered: Path, backend: str) -> dict:
 
 def prepare_checkpoints(checkpoints: Path, print_fn=print, **fingerprint_) -> str | None:
     """The checkpoint to resume from, or None; clears a folder whose fingerprint does not match."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     checkpoints = Path(checkpoints)
     stamp = checkpoints / "fingerprint.json"
     if checkpoints.is_dir() and any(checkpoints.iterdir()):
@@ -402,7 +404,32 @@ def prepare_checkpoints(checkpoints: Path, print_fn=print, **fingerprint_) -> st
             shutil.rmtree(checkpoints)
     checkpoints.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(fingerprint_, indent=1, sort_keys=True) + "\n")
-    return get_last_checkpoint(str(checkpoints))
+    return last_complete_checkpoint(checkpoints, print_fn)
+
+
+def last_complete_checkpoint(checkpoints: Path, print_fn=print) -> str | None:
+    """The newest `checkpoint-N` that was saved to the end, or None.
+
+    The Trainer writes a checkpoint's files one after another and `trainer_state.json` last, so a
+    run killed while saving leaves a folder without it (or with it cut short). Such a folder is
+    removed, and the run resumes from the one before. So is one without safetensors weights: the
+    Trainer would load a `.bin` pickle in their place, and weights load only from safetensors.
+    """
+    found = []
+    for path in Path(checkpoints).iterdir():
+        name = path.name.split("-")
+        if path.is_dir() and len(name) == 2 and name[0] == "checkpoint" and name[1].isdigit():
+            found.append((int(name[1]), path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            int(json.loads((path / "trainer_state.json").read_text())["global_step"])
+            if any(path.glob("*.safetensors")):
+                return str(path)
+            print_fn(f"train: {path} has no safetensors weights; removing it")
+        except (OSError, ValueError, KeyError, TypeError):
+            print_fn(f"train: {path} was not saved to the end (interrupted while saving?); removing it")
+        shutil.rmtree(path)
+    return None
 
 
 def checkpoint_step(path: str | None) -> int:

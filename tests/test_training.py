@@ -206,4 +206,6 @@ def test_checkpoints_of_other_settings_are_not_resumed(tmp_path):
     assert training.prepare_checkpoints(tmp_path, print_fn=lambda *_: None, params={"lr": 1}) is None  # other stamp
     assert not (tmp_path / "checkpoint-5").exists()
     (tmp_path / "checkpoint-5").mkdir()
+    (tmp_path / "checkpoint-5" / "trainer_state.json").write_text('{"global_step": 5}')
+    (tmp_path / "checkpoint-5" / "adapter_model.safetensors").write_bytes(b"")
     assert training.prepare_checkpoints(tmp_path, params={"lr": 1}).endswith("checkpoint-5")  # same stamp: resume
