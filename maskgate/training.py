@@ -165,19 +165,33 @@ def _import_unsloth() -> bool:
     return True
 
 
+# Measured on two H100s (bench/data_parallel.py, BENCHMARKS.md): Unsloth 2026.10.9 under torchrun fails
+# on Qwen3-VL in the first training step; the hf backend scaled 1.78x on two GPUs.
+UNSLOTH_DATA_PARALLEL = (
+    "train.backend=unsloth does not run data-parallel: Unsloth 2026.10.9 failed on Qwen3-VL under torchrun "
+    "('too many values to unpack', BENCHMARKS.md); use train.backend: hf (auto picks it) with train.gpus > 1"
+)
+
+
 def resolve_backend(params: dict) -> str:
     """"hf" or "unsloth" for params["train"]["backend"]; imports unsloth when (and only when) it picks it.
 
     Call it at the top of the entry point, before importing transformers or any project module that
     does: unsloth must patch transformers before its classes are imported.
     auto: unsloth if CUDA is available, the preset is not the tiny one (a CPU/CI model: hf serves it
-    on any machine), transformers is not imported yet, and ``import unsloth`` works; else hf.
+    on any machine), training is not data-parallel, transformers is not imported yet, and
+    ``import unsloth`` works; else hf. Data-parallel training (train.gpus > 1, or a launcher's
+    WORLD_SIZE > 1) runs on hf only: see UNSLOTH_DATA_PARALLEL.
     """
     cfg = train_settings(params)
     want = cfg["backend"]
     preset = params["model"]["preset"]
     if want == "hf":
         return "hf"
+    if cfg["gpus"] > 1 or world_size() > 1:
+        if want == "unsloth":
+            raise ParamsError(UNSLOTH_DATA_PARALLEL)
+        return "hf"  # auto: the data-parallel path that ran (BENCHMARKS.md)
     if want == "unsloth":
         if not _cuda_available():
             raise ParamsError("train.backend=unsloth needs a CUDA GPU (on CPU `import unsloth` breaks transformers)")

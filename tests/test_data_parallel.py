@@ -151,3 +151,20 @@ def test_two_processes_match_one_and_resume_after_a_kill_on_either_count(rendere
     a = adapter_weights(switched)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def test_data_parallel_runs_on_hf_and_refuses_unsloth_before_launching(tmp_path, monkeypatch):
+    """Unsloth under torchrun failed on Qwen3-VL on two H100s (BENCHMARKS.md): auto picks hf, unsloth is refused."""
+    params = dp_params(2)
+    params["train"]["backend"] = "auto"
+    assert training.resolve_backend(params) == "hf"
+    monkeypatch.setenv("WORLD_SIZE", "2")  # started by a launcher, train.gpus left at 1
+    assert training.resolve_backend(dp_params(1)) == "hf"
+    params["train"]["backend"] = "unsloth"
+    with pytest.raises(training.ParamsError, match="does not run data-parallel"):
+        training.resolve_backend(params)
+    monkeypatch.delenv("WORLD_SIZE")
+    pf = tmp_path / "p.yaml"
+    pf.write_text(yaml.safe_dump(params))
+    out = stage(pf, tmp_path / "rendered", tmp_path)
+    assert out.returncode == 1 and "use train.backend: hf" in out.stderr and "Traceback" not in out.stderr
