@@ -34,7 +34,7 @@ def cmd_demo_manifest(args) -> int:
     from maskgate.demo import gate_manifest
 
     path = gate_manifest(args.out, args.images, args.seed)
-    print(f"demo-manifest: wrote {sum(1 for _ in open(path))} candidates to {path}; "
+    print(f"demo-manifest: wrote {len(path.read_text().splitlines())} candidates to {path}; "
           f"next: maskgate verify {path} --out {args.out / 'gate'}")
     return 0
 
@@ -57,7 +57,7 @@ def cmd_verify(args) -> int:
         if single:
             return verify_one(g, args, threshold)
         s = gate.run(args.manifest, args.out, g, threshold, source, batch_size, args.fresh)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # OSError: no model, manifest or operating point; unsafe weights
         print(f"verify: {e}", file=sys.stderr)
         return 1
     reasons = ", ".join(f"{k} {v}" for k, v in s["errors"].items())
