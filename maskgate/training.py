@@ -72,8 +72,8 @@ TRAIN_DEFAULTS: dict = {
         # [proj, qkv, linear_fc1, linear_fc2, lm_head] = every linear and conv layer.
         "modules_to_save": [],
     },
-    "gradient_checkpointing": "auto",  # true | false | auto (on except for the tiny preset)
-    "load_in_4bit": True,  # unsloth backend only: QLoRA on the pre-quantised weights
+    "gradient_checkpointing": False,  # true | false | auto (on except for the tiny preset); off: fastest on 80 GB
+    "load_in_4bit": False,  # unsloth backend only: true = QLoRA on the pre-quantised weights
     # hf backend only: the frozen language-model linears in FP8 (maskgate/fp8.py); a no-op that says why off
     # CUDA or on GPUs before compute capability 8.9, so the CPU demo runs the same params
     "fp8": False,
@@ -345,11 +345,15 @@ def load_model(params: dict, cfg: dict, backend: str, out_dir: Path, device: str
             raise ParamsError("train.fp8 runs on the hf backend only (Unsloth has its own kernels): set train.backend: hf")
         if preset not in M.LOCAL_PRESETS:  # 4-bit: Unsloth's pre-quantised weights; 16-bit: the original ones
             base = M.PRESETS[preset].unsloth_id if cfg["load_in_4bit"] else M.PRESETS[preset].hub_id
+        # train.gradient_checkpointing here too: "unsloth" is its offloading variant, False none at all
+        # (both calls take it: get_peft_model's own default would turn it back on)
+        checkpointing = "unsloth" if _checkpointing(cfg, preset) else False
         model, processor = FastVisionModel.from_pretrained(
-            base, load_in_4bit=bool(cfg["load_in_4bit"]), use_gradient_checkpointing="unsloth"
+            base, load_in_4bit=bool(cfg["load_in_4bit"]), use_gradient_checkpointing=checkpointing
         )
         model = FastVisionModel.get_peft_model(
             model,
+            use_gradient_checkpointing=checkpointing,
             r=int(lora["r"]),
             lora_alpha=float(lora["alpha"]),
             lora_dropout=float(lora["dropout"]),
