@@ -84,13 +84,11 @@ def verify_one(g, args, threshold: float) -> int:
     specs = [json.loads(m) if m.lstrip().startswith(("{", "[")) else m for m in args.mask]
     text = json.dumps({"image": str(args.image), "query": args.query, "masks": specs})
     try:
-        c = gate.parse_line(1, text, Path.cwd())
-        jpeg = gate.overlay(c, g.style)
-        g.check_length(c, jpeg)
+        ex = g.example(gate.parse_line(1, text, Path.cwd()))
     except gate.BadLine as e:
         print(json.dumps({"error": e.reason, "detail": e.detail, "route": "needs_review"}))
         return 1
-    p = g.score([(c, jpeg)], 1)[0]
+    p = g.score([ex], 1)[0]
     accept = gate.decide(p, threshold)
     print(json.dumps({"p_accept": p, "decision": g.prompt.decision_names[0 if accept else 1],
                       "route": "auto_pass" if accept else "needs_review", "threshold": threshold}))

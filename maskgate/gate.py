@@ -9,7 +9,7 @@ image pixels (``[x1, y1, x2, y2, ...]`` or a list of such rings) or the path of 
 (non-zero = inside). Relative paths are relative to the manifest's folder; `id` is optional (the
 line number stands in). Other keys are kept and copied to the outputs.
 
-Each good line is drawn exactly as the render stage draws an example (`render.render_image`, the
+Each good line is drawn exactly as the render stage draws an example (`overlay.Canvas`, the
 style the adapter was trained with, from `verifier.json`), scored in batches (`scoring.score`:
 one forward pass, P(ACCEPT)), and decided at the threshold evaluate chose
 (`reports/operating_point.json`) or one given. A bad line is reported with its reason and routed
@@ -37,8 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from PIL import Image
+
 from maskgate import masks, tables
-from maskgate.overlay import Style, decode_image
+from maskgate.overlay import Style, decode_image, render_overlay
 from maskgate.validation import BadRow, clean_query
 
 SCORES, RESULTS, AUTO_PASS, NEEDS_REVIEW, SUMMARY = (
@@ -53,14 +55,12 @@ class BadLine(ValueError):
 
 @dataclass(frozen=True)
 class Candidate:
-    """A checked manifest line, ready to draw: the image bytes and the group as RLE at its size."""
+    """A checked manifest line, ready to draw: the decoded image and the group as RLE at its size."""
     line: int
     key: str
     id: str
     query: str
-    image: bytes
-    height: int
-    width: int
+    image: Image.Image
     group: list[str]
 
 
@@ -102,9 +102,8 @@ def parse_line(number: int, text: str, base_dir: Path) -> Candidate:
     path = base_dir / obj["image"]
     if not path.is_file():
         raise BadLine("missing_image", str(obj["image"]))
-    data = path.read_bytes()
     try:
-        img = decode_image(data)
+        img = decode_image(path.read_bytes())
     except Exception as e:  # PIL raises many types for broken files; all mean "not an image"
         raise BadLine("undecodable_image", f"{obj['image']}: {type(e).__name__}: {e}") from None
     if img.width == 0 or img.height == 0:
@@ -120,14 +119,12 @@ def parse_line(number: int, text: str, base_dir: Path) -> Candidate:
     if not masks.union(masks.decode_group(group, img.height, img.width)).any():
         raise BadLine("empty_group", "the masks cover no pixel")
     ident = obj.get("id", number)
-    return Candidate(number, line_key(text), str(ident), query, data, img.height, img.width, group)
+    return Candidate(number, line_key(text), str(ident), query, img, group)
 
 
 def overlay(c: Candidate, style: Style) -> bytes:
-    """The candidate drawn by the render stage's own code: byte-identical to a rendered example."""
-    from maskgate.render import render_image
-
-    return render_image(c.image, [c.group], c.height, c.width, style)[0]
+    """The candidate drawn by the render stage's own code (overlay.Canvas): byte-identical to a rendered example."""
+    return render_overlay(c.image, c.group, style)
 
 
 def decide(p_accept: float, threshold: float) -> bool:
@@ -171,27 +168,27 @@ class Gate:
         if speed:
             self.model = speedups.for_scoring(self.model, speed, "gate")
 
-    def check_length(self, c: Candidate, jpeg: bytes) -> None:
-        """BadLine if the query would not fit the token budget (instead of failing its whole batch)."""
-        from maskgate.batching import check_lengths
+    def example(self, c: Candidate):
+        """The model's input for a candidate: its overlay decoded as train and evaluate decode theirs.
 
+        BadLine if the query would not fit the token budget, so one line never fails a whole batch.
+        """
+        from maskgate.batching import check_lengths
+        from maskgate.training import to_example
+
+        ex = to_example({"overlay": overlay(c, self.style), "query": c.query, "label_text": None, "example_id": c.id})
         try:
-            check_lengths(self.processor, self.prompt, [example(c, jpeg)], self.max_length, train=False)
+            check_lengths(self.processor, self.prompt, [ex], self.max_length, train=False)
         except ValueError as e:
             raise BadLine("query_too_long", str(e)) from None
+        return ex
 
-    def score(self, batch: list[tuple[Candidate, bytes]], batch_size: int) -> list[float]:
+    def score(self, examples: list, batch_size: int) -> list[float]:
+        """P(ACCEPT) of each example (Gate.example's output), in order."""
         from maskgate.scoring import score
 
-        examples = [example(c, jpeg) for c, jpeg in batch]
         p = score(self.model, self.processor, self.prompt, examples, self.max_length, batch_size, desc="gate: batch")
         return [float(v) for v in p]
-
-
-def example(c: Candidate, jpeg: bytes):
-    from maskgate.training import to_example  # the train and evaluate stages' decoding of an overlay
-
-    return to_example({"overlay": jpeg, "query": c.query, "label_text": None, "example_id": c.id})
 
 
 def read_log(path: Path) -> dict[int, dict]:
@@ -248,26 +245,25 @@ def run(manifest: Path, out_dir: Path, gate: Gate, threshold: float, threshold_s
                          "use another --out, or --fresh to start over")
     base_dir = manifest.parent
     todo = [(n, text) for n, text in lines if n not in done]
-    pending: list[tuple[Candidate, bytes]] = []
+    pending: list[tuple[dict, object]] = []  # (the line's log record so far, its Example); no images kept
     with open(log_path, "a", encoding="utf-8") as log, tqdm(
         total=len(lines), initial=len(lines) - len(todo), desc="gate", unit="line", disable=not progress
     ) as bar:
         def flush():
-            p = gate.score(pending, batch_size)
-            append(log, [{"line": c.line, "key": c.key, "id": c.id, "p_accept": v} for (c, _), v in zip(pending, p)])
+            p = gate.score([ex for _, ex in pending], batch_size)
+            append(log, [{**record, "p_accept": v} for (record, _), v in zip(pending, p)])
             bar.update(len(pending))
             pending.clear()
 
         for number, text in todo:
             try:
                 c = parse_line(number, text, base_dir)
-                jpeg = overlay(c, gate.style)
-                gate.check_length(c, jpeg)
+                ex = gate.example(c)
             except BadLine as e:
                 append(log, [error_record(number, text, e)])
                 bar.update(1)
                 continue
-            pending.append((c, jpeg))
+            pending.append(({"line": c.line, "key": c.key, "id": c.id}, ex))
             if len(pending) == batch_size:
                 flush()
         if pending:

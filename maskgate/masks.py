@@ -100,12 +100,25 @@ def decode_group(group: list[str], height: int, width: int) -> list[np.ndarray]:
     return [decode(c, height, width) for c in group]
 
 
+def rle_size(size: object) -> tuple[int, int]:
+    """(height, width) of an RLE's `size`; BadMask unless it is two positive integers."""
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise BadMask(f"size {size!r} is not [height, width] in positive integers")
+    return int(size[0]), int(size[1])
+
+
+def same_aspect(h: int, w: int, height: int, width: int) -> bool:
+    """Whether an h x w mask is the height x width image at another resolution (within 1%)."""
+    return abs(h / w - height / width) < 0.01 * (height / width)
+
+
 def rescaled(mask: np.ndarray, height: int, width: int, what: str) -> np.ndarray:
     """`mask` at (height, width): as is, or scaled when only the resolution differs; BadMask otherwise."""
     h, w = mask.shape
     if (h, w) == (height, width):
         return mask
-    if abs(h / w - height / width) >= 0.01 * (height / width):
+    if not same_aspect(h, w, height, width):
         raise BadMask(f"{what} is {h}x{w}, the image is {height}x{width} (another aspect ratio)")
     return resize(mask, height, width)
 
@@ -119,11 +132,10 @@ def from_spec(spec, height: int, width: int, base_dir) -> str:
     same aspect ratio is rescaled, as prepare does; anything else is a BadMask saying why.
     """
     if isinstance(spec, dict):
-        try:
-            h, w = (int(v) for v in spec["size"])
-            counts = spec["counts"]
-        except (KeyError, TypeError, ValueError):
-            raise BadMask("an RLE needs size [h, w] and counts") from None
+        if "size" not in spec or "counts" not in spec:
+            raise BadMask("an RLE needs size [h, w] and counts")
+        h, w = rle_size(spec["size"])
+        counts = spec["counts"]
         if isinstance(counts, list):  # uncompressed RLE: pycocotools compresses it
             if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != h * w:
                 raise BadMask(f"uncompressed RLE counts must be non-negative integers summing to {h}x{w}")

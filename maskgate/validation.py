@@ -90,21 +90,16 @@ class ImageChecker:
         return img.height, img.width
 
 
-def _rle_size(size: object, index: int) -> tuple[int, int]:
-    """(height, width) of an RLE's `size`; BadRow unless it is two positive integers."""
-    if (not isinstance(size, (list, tuple)) or len(size) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        raise BadRow("bad_rle", f"mask {index}: size {size!r} is not [height, width] in positive integers")
-    return int(size[0]), int(size[1])
-
-
 def _rle_of(pool: list, index: object, height: int, width: int, policy: str, stats: Counter) -> str:
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(pool):
         raise BadRow("index_out_of_range", f"index {index!r} into a pool of {len(pool)}")
     rle = pool[index]
     if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
         raise BadRow("bad_rle", f"mask {index} is not a {{size, counts}} dict")
-    h, w = _rle_size(rle["size"], index)
+    try:
+        h, w = masks.rle_size(rle["size"])
+    except masks.BadMask as e:
+        raise BadRow("bad_rle", f"mask {index}: {e}") from None
     counts = rle["counts"]
     if isinstance(counts, bytes):
         counts = counts.decode("ascii", errors="replace")
@@ -112,8 +107,7 @@ def _rle_of(pool: list, index: object, height: int, width: int, policy: str, sta
         raise BadRow("bad_rle", f"mask {index}: counts must be a compressed RLE string (ASCII)")
     # The size is checked before decoding, so a mask claiming a huge size is never allocated.
     if (h, w) != (height, width):
-        same_shape = abs(h / w - height / width) < 0.01 * (height / width)
-        if policy != "rescale" or not same_shape:
+        if policy != "rescale" or not masks.same_aspect(h, w, height, width):
             raise BadRow("mask_size_mismatch", f"mask {index} is {h}x{w}, image is {height}x{width}")
     try:
         m = masks.decode(counts, h, w)

@@ -84,6 +84,7 @@ def test_every_mask_form_gives_the_same_rle(tmp_path):
 
 @pytest.mark.parametrize("form, message", [
     ({"size": [H, W]}, "needs size"),
+    ({"size": [0, 0], "counts": ""}, "positive integers"),
     ({"size": [H, W], "counts": [1, 2, 3]}, "summing to"),
     ({"size": [H, W + 7], "counts": masks.encode(np.zeros((H, W + 7), bool))}, "another aspect ratio"),
     ([1, 2, 3], "at least 3"),
