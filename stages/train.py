@@ -9,7 +9,7 @@ import sys
 from maskgate import launch
 from maskgate.params import load_params
 from maskgate.training import (  # imports no ML library: unsloth must come first
-    UNSLOTH_DATA_PARALLEL, ParamsError, gradient_accumulation, resolve_backend, train_settings, world_size,
+    ParamsError, gradient_accumulation, resolve_backend, train_settings, world_size,
 )
 
 
@@ -26,8 +26,7 @@ def main() -> int:
     try:
         cfg = train_settings(params)
         if not launch.launched() and cfg["gpus"] > 1:
-            if cfg["backend"] == "unsloth":
-                raise ParamsError(UNSLOTH_DATA_PARALLEL)
+            resolve_backend(params)  # refuses unsloth data-parallel here, before N processes start
             gradient_accumulation(cfg["batch_size"], cfg["micro_batch_size"], cfg["gpus"])  # fail here, not in N processes
             launch.check_gpus(cfg["gpus"])
             launch.relaunch(cfg["gpus"], __file__, sys.argv[1:])  # does not return
