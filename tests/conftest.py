@@ -14,9 +14,23 @@ ROOT = Path(__file__).resolve().parents[1]
 REALDATA = ROOT.parent / "shared" / "realdata" / "coco-groups"
 
 
+def project_params_text() -> str:
+    """params.yaml as committed: the project's defaults, not what a `dvc exp run` (scripts/demo.sh
+    applies its settings to the workspace) left in the working copy; the file itself outside git."""
+    import subprocess
+
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
+    return shown.stdout if shown.returncode == 0 else (ROOT / "params.yaml").read_text()
+
+
+def project_params() -> dict:
+    """A fresh dict of the project's default params (project_params_text)."""
+    return yaml.safe_load(project_params_text())
+
+
 @pytest.fixture
 def params():
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+    return project_params()
 
 
 def box_mask(h, w, y0, y1, x0, x1):
@@ -72,7 +86,7 @@ def verifier_prompt():
     """The project's Prompt, from params.yaml."""
     from maskgate.prompt import Prompt
 
-    return Prompt.from_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    return Prompt.from_params(project_params())
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ import yaml
 from PIL import Image
 
 from maskgate import negatives, prepare, tables
-from tests.conftest import ROOT, box_mask, jpeg_bytes, make_row, rle
+from tests.conftest import ROOT, box_mask, jpeg_bytes, make_row, project_params, rle
 
 TRACEBACK = "Traceback (most recent call last)"
 STAGES = ("prepare", "negatives", "render", "train", "evaluate", "audit_sample")
@@ -51,7 +51,7 @@ def failed(p: subprocess.CompletedProcess, name: str, *words: str) -> str:
 
 def write_params(path: Path, **sections) -> Path:
     """params.yaml with some sections' keys replaced."""
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p = project_params()
     for section, values in sections.items():
         if isinstance(p.get(section), dict) and isinstance(values, dict):
             p[section].update(values)

@@ -1,5 +1,4 @@
 """The gate (`maskgate verify`): manifest forms, bad lines, routing, resume, and render-identical overlays."""
-import copy
 import io
 import json
 import os
@@ -15,7 +14,7 @@ from PIL import Image
 
 from maskgate import gate, masks, tables
 from maskgate.overlay import Style
-from tests.conftest import ROOT, box_mask, jpeg_bytes, save_tiny_verifier
+from tests.conftest import ROOT, box_mask, jpeg_bytes, project_params, save_tiny_verifier
 from tests.test_render import rendered  # noqa: F401  (fixture)
 
 H, W = 40, 60
@@ -25,9 +24,7 @@ BOX = box_mask(H, W, 5, 20, 10, 40)
 @pytest.fixture(scope="module")
 def small_verifier(tmp_path_factory, tiny_qwen3vl_dir):
     """An untrained tiny verifier whose recorded render size is 32 px (one image token): cheap to score."""
-    import yaml
-
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = project_params()
     params["render"]["size"] = 32
     out, _ = save_tiny_verifier(tmp_path_factory.mktemp("gate") / "verifier", tiny_qwen3vl_dir, params, max_length=256)
     return out

@@ -13,7 +13,7 @@ import yaml
 from maskgate import metrics
 from maskgate.report import COMMENT_MARKER, ReportError, write_report
 from maskgate.tables import write_json
-from tests.conftest import ROOT
+from tests.conftest import ROOT, project_params_text
 from tests.test_pipeline_dvc import sh
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -70,9 +70,10 @@ def set_param(repo: Path, dotted: str, value):
 def pipeline_only(tmp: Path) -> Path:
     """A git repo with the project's pipeline and params (what the diffs read), no code or data."""
     repo = tmp / "repo"
-    for f in ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
+    for f in ("dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
         (repo / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, repo / f)
+    (repo / "params.yaml").write_text(project_params_text())
     sh("git", "init", "-q", cwd=repo)
     sh(*GIT, "add", "-A", cwd=repo)
     sh(*GIT, "commit", "-qm", "copy", cwd=repo)

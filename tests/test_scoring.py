@@ -4,14 +4,13 @@ import copy
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from maskgate import model as M
 from maskgate.batching import IGNORE_INDEX, Example, prompt_text, training_batch
 from maskgate.prompt import Prompt
 from maskgate.scoring import answer_first_ids, score
-from tests.conftest import ROOT
+from tests.conftest import project_params
 
 
 def spread(model, seed=1):
@@ -84,7 +83,7 @@ def test_answers_sharing_a_first_token_are_refused(spread_tiny, verifier_prompt)
 @pytest.fixture(scope="module")
 def three_answers(tmp_path_factory):
     """params.yaml with prompt.answers [ACCEPT, REJECT, BORDERLINE], nothing else changed; a tiny model of it."""
-    params = copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    params = copy.deepcopy(project_params())
     params["prompt"]["answers"] = ["ACCEPT", "REJECT", "BORDERLINE"]
     prompt = Prompt.from_params(params)
     out = tmp_path_factory.mktemp("tiny_three_answers")

@@ -9,13 +9,14 @@ import pytest
 import yaml
 
 from maskgate import training
+from tests.conftest import project_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_params(**train) -> dict:
     """params.yaml switched to the demo data, the tiny model and a few-step training."""
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p = project_params()
     p["data"].update(source="demo", demo_images=12)
     p["prepare"]["val_fraction"] = 0.25
     p["negatives"]["per_positive"] = 3
