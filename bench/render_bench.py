@@ -5,7 +5,7 @@ render = the render stage's own per-image job (the floor's work plus mask decode
 Both single-process, so the ratio compares work, not scheduling; the stage's pool throughput
 with all workers is printed too.
 
-    python bench/render_bench.py --data ../shared/realdata/coco-groups --size 672
+    python bench/render_bench.py --data samples/coco-groups --size 672
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def timed(fn, jobs, repeats):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/realdata/coco-groups")
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / "samples/coco-groups")
     ap.add_argument("--size", type=int, default=672)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)

@@ -6,7 +6,7 @@ One command on the GPU machine (after `. scripts/gpu_env.sh`):
 
 It makes its own data (demo scenes rendered at --size px through the project's prepare, negatives
 and render code; every query padded with filler words so each example is exactly --tokens tokens,
-617 by default as in ../shared/FACTS.md: 441 image + 176 text), builds the random-8b preset (Qwen3-VL-8B's
+617 by default: 441 image + 176 text), builds the random-8b preset (Qwen3-VL-8B's
 shape, random bf16 weights: speed and memory do not depend on weight values) once, measures the bf16
 matrix-multiply rate, then runs each configuration in its own subprocess with a timeout: a failure is
 printed with the tail of its log and the rest still run. Training configurations go through

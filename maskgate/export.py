@@ -1,4 +1,4 @@
-"""Export rendered shards in the plan's row schema, for anyone training elsewhere.
+"""Export rendered shards in the exported row schema (overlay file, prompt, label), for anyone training elsewhere.
 
 Writes `rows-{split}.jsonl` with one line per example,
     {"path_to_overlay_image": "images/<example>.jpg", "prompt_text": ..., "label_text": ...,

@@ -4,7 +4,7 @@ Two backends run the same loop (same dataset, same collator, same Trainer subcla
 
 * ``hf``: transformers + peft. The CPU path (tests, demo) and a plain GPU path.
 * ``unsloth``: Unsloth's ``FastVisionModel`` (16-bit LoRA or 4-bit QLoRA), faster on one GPU
-  (``../shared/FACTS.md``). Only on a machine with CUDA.
+  (BENCHMARKS.md). Only on a machine with CUDA.
 
 Why ``resolve_backend`` lives here and this module imports nothing heavy at import time: on a
 machine without a GPU ``import unsloth`` patches transformers and trl into a CPU mode whose vision

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KIT_DIR = ROOT / ".whl"
 
 # What the GPU machine lacks (or has at another version: peft). Unsloth's set is the one
-# checked on an H100 (../shared/FACTS.md); the dvc tree is what `from dvclive import Live`,
+# checked on an H100; the dvc tree is what `from dvclive import Live`,
 # Live(dvcyaml=False, save_dvc_exp=False) ... end() and transformers' DVCLiveCallback import,
 # in a git+DVC repo and outside one.
 KIT = """

@@ -11,7 +11,7 @@ from PIL import Image
 from maskgate import masks
 
 ROOT = Path(__file__).resolve().parents[1]
-REALDATA = ROOT.parent / "shared" / "realdata" / "coco-groups"
+REALDATA = ROOT / "samples" / "coco-groups"
 
 
 def project_params_text() -> str:
