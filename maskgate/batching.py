@@ -57,16 +57,46 @@ def image_tokens(processor, image: Image.Image) -> int:
 def check_lengths(processor, prompt: Prompt, examples: list[Example], max_length: int, train: bool) -> None:
     """Raise ValueError naming the first example whose sequence would exceed max_length."""
     for index, ex in enumerate(examples):
-        text = len(processor.tokenizer(prompt_text(processor, prompt, ex.query)).input_ids) - 1  # less the one pad
+        text = text_tokens(processor, prompt, ex.query)
         image = image_tokens(processor, ex.image)
         answer = len(answer_ids(processor.tokenizer, ex.answer)) if train else 0
-        total = text + image + answer
+        if text + image + answer > max_length:
+            raise _too_long(ex.key if ex.key is not None else f"#{index} of the batch", ex.query, text, image,
+                            answer, max_length)
+
+
+def check_texts(processor, prompt: Prompt, rows, max_length: int, image: int, desc: str = "") -> int:
+    """Check (key, query, answer) rows without their images: every image has the fixed render size.
+
+    `image`: the image tokens of one example. Each distinct query is tokenised once. Returns the rows checked.
+    """
+    from tqdm import tqdm
+
+    seen: dict[str, int] = {}
+    answers: dict[str, int] = {}
+    n = 0
+    for key, query, answer in tqdm(rows, desc=desc or "checking lengths", unit="example", disable=not desc):
+        if query not in seen:
+            seen[query] = text_tokens(processor, prompt, query)
+        if answer not in answers:
+            answers[answer] = len(answer_ids(processor.tokenizer, answer))
+        total = seen[query] + image + answers[answer]
         if total > max_length:
-            name = ex.key if ex.key is not None else f"#{index} of the batch"
-            raise ValueError(
-                f"example {name} (query {ex.query!r}) needs {total} tokens ({text} text + {image} image + "
-                f"{answer} answer) > max_length {max_length}; raise max_length or shrink the image"
-            )
+            raise _too_long(key, query, seen[query], image, answers[answer], max_length)
+        n += 1
+    return n
+
+
+def text_tokens(processor, prompt: Prompt, query: str) -> int:
+    """Text tokens of the prompt for `query` (the image placeholder's one pad token not counted)."""
+    return len(processor.tokenizer(prompt_text(processor, prompt, query)).input_ids) - 1
+
+
+def _too_long(name, query: str, text: int, image: int, answer: int, max_length: int) -> ValueError:
+    return ValueError(
+        f"example {name} (query {query!r}) needs {text + image + answer} tokens ({text} text + {image} image + "
+        f"{answer} answer) > max_length {max_length}; raise train.max_text_tokens or shrink the image"
+    )
 
 
 def _encode_prompts(processor, prompt: Prompt, examples: list[Example], padding_side: str) -> BatchFeature:

@@ -50,8 +50,9 @@ def cmd_verify(args) -> int:
         print("verify: --image needs --query and at least one --mask", file=sys.stderr)
         return 2
     try:
-        evaluate = scoring_settings(args.params)
+        evaluate, settings_from = scoring_settings(args.params, args.operating_point)
         batch_size = args.batch_size or int(evaluate.get("batch_size", 16))
+        print(f"verify: scoring settings from {settings_from}", file=sys.stderr)
         threshold, source = gate.threshold_from(args.operating_point, args.threshold)
         g = gate.Gate(args.model, args.device, evaluate)
         if single:
@@ -67,11 +68,20 @@ def cmd_verify(args) -> int:
     return 0
 
 
-def scoring_settings(params_path) -> dict:
-    """params["evaluate"] (batch size and speed settings) when the params file exists, else {}."""
+def scoring_settings(params_path, operating_point) -> tuple[dict, str]:
+    """(params["evaluate"], where from): the params file when it exists, else the settings evaluate
+    recorded in its operating point, else none (the plain forward pass, batch 16)."""
+    import json
+
     from maskgate.params import load_params
 
-    return dict(load_params(params_path).get("evaluate") or {}) if params_path.is_file() else {}
+    if params_path.is_file():
+        return dict(load_params(params_path).get("evaluate") or {}), str(params_path)
+    if operating_point is not None and operating_point.is_file():
+        recorded = json.loads(operating_point.read_text()).get("scoring")
+        if recorded:
+            return recorded, f"{operating_point} (as evaluate scored)"
+    return {}, "nowhere (no params file, no operating point): the plain forward pass"
 
 
 def verify_one(g, args, threshold: float) -> int:
@@ -142,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     vf.add_argument("--batch-size", type=int, help="candidates per forward pass (default: evaluate.batch_size, else 16)")
     vf.add_argument("--params", type=Path, default=Path("params.yaml"),
                     help="its evaluate section sets the batch size and the speed settings (merge_adapter, fp8, "
-                         "compile), so the gate scores as evaluate does; ignored if missing (default: %(default)s)")
+                         "compile), so the gate scores as evaluate does; if missing, the settings evaluate recorded "
+                         "in --operating-point are used (default: %(default)s)")
     vf.add_argument("--fresh", action="store_true", help="discard earlier scores in --out and start over")
     vf.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
     vf.set_defaults(func=cmd_verify)

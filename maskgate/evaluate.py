@@ -69,6 +69,16 @@ def measure(scores: list[dict], cfg: dict) -> tuple[dict, dict]:
     return m, point
 
 
+def measure_at(scores: list[dict], cfg: dict, threshold: float) -> dict:
+    """The metrics of another split, and its precision, recall and auto-pass rate at `threshold`."""
+    labels = np.array([gate_label(s["label"]) for s in scores])
+    p = np.array([s["p_accept"] for s in scores])
+    m = metrics.compute_metrics(labels, p, [s["kind"] for s in scores], [float(t) for t in cfg["thresholds"]],
+                                float(cfg["target_precision"]))
+    m["at_operating_point"] = {"threshold": float(threshold), **metrics.at_threshold(labels, p, threshold)}
+    return m
+
+
 def write_scores(scores: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

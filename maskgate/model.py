@@ -22,7 +22,7 @@ name (`require_safetensors`) before any library sees it, and hub models are aske
 `trust_remote_code`, so a folder's `auto_map` pointing at custom code is never followed.
 
 Unsloth is never imported here at module level: on a machine without a GPU `import unsloth` patches
-transformers and trl into a CPU mode whose vision classes raise. `load_unsloth` is the GPU path only.
+transformers and trl into a CPU mode whose vision classes raise (training.py: the GPU path).
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
+from maskgate import hub
 from maskgate.prompt import Prompt
 
 
@@ -322,17 +323,48 @@ def build_tiny(out_dir: str | Path, prompt: Prompt, seed: int = 0, device: str =
     (out / "tiny_size.json").write_text(json.dumps({"seed": seed, **asdict(tiny)}, indent=1) + "\n")
 
 
-def source(preset_or_dir: str | Path, backend: str = "transformers") -> str:
-    """A local folder as is, or the hub id of a preset for `backend` ("transformers" or "unsloth")."""
+def source(preset_or_dir: str | Path, backend: str = "transformers", load_in_4bit: bool = False) -> str:
+    """A local folder or a hub id as is, or the hub repository of a preset.
+
+    For a preset: Unsloth's pre-quantised repository when `backend` is "unsloth" and `load_in_4bit`,
+    else the original repository (Unsloth's 16-bit path loads it by its exact name).
+    """
     if Path(preset_or_dir).is_dir():
         return str(preset_or_dir)
     name = str(preset_or_dir)
-    if name not in PRESETS:
-        raise ValueError(f"{name!r} is neither a folder nor a preset ({', '.join(PRESETS)})")
-    hub_id = getattr(PRESETS[name], "unsloth_id" if backend == "unsloth" else "hub_id")
-    if hub_id is None:
-        raise ValueError(f"preset {name!r} is built locally: run build_tiny(out_dir, prompt), then load that folder")
-    return hub_id
+    if name in PRESETS:
+        preset = PRESETS[name]
+        repo = preset.unsloth_id if backend == "unsloth" and load_in_4bit else preset.hub_id
+        if repo is None:
+            raise ValueError(f"preset {name!r} is built locally: run build_tiny(out_dir, prompt), then load that folder")
+        return repo
+    if hub.is_repo_id(name):
+        return name
+    raise ValueError(f"{name!r} is neither a folder, a hub id (org/name) nor a preset ({', '.join(PRESETS)})")
+
+
+def parameter_count(src: str, revision: str | None = None) -> int:
+    """Parameters of the model a folder or hub repository holds, from its config.json alone (no weights)."""
+    with hub.errors(f"config.json of {src}"):
+        config = Qwen3VLConfig.from_pretrained(src, revision=revision)
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+# The largest model trained off a GPU: the tiny preset has about 1M parameters; an 8B one on 2 CPU cores
+# would take weeks per epoch.
+CPU_MAX_PARAMETERS = 500_000_000
+
+
+def check_device(src: str, revision: str | None, cuda: bool) -> None:
+    """ValueError in one line when the model at `src` is too large to train without a CUDA GPU."""
+    if cuda:
+        return
+    n = parameter_count(src, revision)
+    if n > CPU_MAX_PARAMETERS:
+        raise ValueError(f"the base model {src} has {n / 1e9:.1f}B parameters and no CUDA GPU is available: "
+                         "train it on a GPU (README: RunPod), or set model.preset: tiny for a CPU run")
 
 
 def require_safetensors(folder: str | Path, what: str = "model", weights: str = "*.safetensors") -> None:
@@ -351,30 +383,37 @@ def require_safetensors(folder: str | Path, what: str = "model", weights: str = 
                      "weights only from safetensors, because a .bin file is a pickle and loading it can run code")
 
 
-def load(preset_or_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """(model in eval mode, processor) from a folder or a preset, through transformers only."""
+def load(preset_or_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+         revision: str | None = None, quantization=None):
+    """(model in eval mode, processor) from a folder, hub id or preset, through transformers only.
+
+    `revision`: the commit of a hub repository (hub.resolve). `quantization`: a transformers
+    quantization config, to load a full-precision base in 4 bits as Unsloth's QLoRA did.
+    """
     src = source(preset_or_dir)
     require_safetensors(src, "base model")
-    model = Qwen3VLForConditionalGeneration.from_pretrained(src, dtype=dtype, device_map=str(device),
-                                                            use_safetensors=True)
-    processor = Qwen3VLProcessor.from_pretrained(src)
-    return model.eval(), set_image_bounds(processor)
+    with hub.errors(f"model {src}"):
+        model = Qwen3VLForConditionalGeneration.from_pretrained(
+            src, revision=revision, dtype=dtype, device_map=str(device), use_safetensors=True,
+            **({"quantization_config": quantization} if quantization is not None else {}))
+    return model.eval(), load_processor(src, revision)
 
 
-def load_unsloth(preset_or_dir: str | Path, load_in_4bit: bool = True):
-    """(model, processor) through Unsloth's FastVisionModel: the GPU path only.
+def load_processor(src: str | Path, revision: str | None = None) -> Qwen3VLProcessor:
+    with hub.errors(f"processor of {src}"):
+        processor = Qwen3VLProcessor.from_pretrained(str(src), revision=revision)
+    return set_image_bounds(processor)
 
-    Unsloth must be imported before transformers, so the GPU entry point imports it first; this
-    function refuses to run otherwise rather than import it late.
+
+def prompt_tokens(processor, prompt: Prompt) -> dict:
+    """The token ids of the prompt (for a fixed probe query) and of each answer, as this processor gives them.
+
+    verifier.json records them at training; a base whose tokenizer gives other ids is refused at loading,
+    since the adapter would then read another prompt than it was trained on.
     """
-    if "unsloth" not in sys.modules:
-        raise RuntimeError("load_unsloth needs `import unsloth` at the top of the GPU entry point, before transformers")
-    from unsloth import FastVisionModel
+    from maskgate.batching import answer_ids, prompt_text
 
-    require_safetensors(preset_or_dir, "base model")
-    model, processor = FastVisionModel.from_pretrained(
-        source(preset_or_dir, backend="unsloth"),
-        load_in_4bit=load_in_4bit,
-        use_gradient_checkpointing="unsloth",
-    )
-    return model, set_image_bounds(processor)
+    probe = "the two red cars on the left"
+    return {"probe_query": probe,
+            "prompt": processor.tokenizer(prompt_text(processor, prompt, probe)).input_ids,
+            "answers": [answer_ids(processor.tokenizer, a) for a in prompt.answers]}

@@ -7,6 +7,7 @@ The images are copied so later stages need nothing but this folder, whatever the
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,23 +23,26 @@ ROW_SCHEMA = pa.schema([
 ])
 IMAGE_SCHEMA = pa.schema([("image", pa.string()), ("bytes", pa.binary())])
 IMAGES_PER_SHARD = 500
-SPLITS = ("train", "val")
-# Deliberate skips of a kind of row the verifier does not handle yet, not broken input:
-# they are reported but do not count towards prepare.max_bad_fraction.
-NOT_BAD = {"mask_ref_query"}
+# train and val are split by image from the source's train rows; test holds the source's own evaluation
+# rows (the hub's validation split), never trained on, and is empty when the source has none.
+SPLITS = ("train", "val", "test")
+# Deliberate skips, not broken input: they are reported but do not count towards prepare.max_bad_fraction.
+# mask_ref_query: a kind of row the verifier does not handle yet; image_in_test: a training row on an image
+# of the test split, kept out so no test image is seen in training.
+NOT_BAD = {"mask_ref_query", "image_in_test"}
 
 
 class TooManyBadRows(RuntimeError):
     pass
 
 
-def check_bad_fraction(rows_in: int, skipped: dict, limit: float) -> None:
+def check_bad_fraction(rows_in: int, skipped: dict, limit: float, role: str = "train") -> None:
     bad = sum(n for reason, n in skipped["counts"].items() if reason not in NOT_BAD)
     if rows_in == 0:
-        raise TooManyBadRows("the source gave no rows at all")
+        raise TooManyBadRows(f"the source gave no {role} rows at all")
     if bad / rows_in > limit:
         lines = "\n".join(f"  {r}: {n}  e.g. {skipped['examples'][r]}" for r, n in skipped["counts"].items())
-        raise TooManyBadRows(f"{bad} of {rows_in} rows are bad ({bad / rows_in:.1%} > prepare.max_bad_fraction "
+        raise TooManyBadRows(f"{bad} of {rows_in} {role} rows are bad ({bad / rows_in:.1%} > prepare.max_bad_fraction "
                              f"= {limit:.1%}):\n{lines}")
 
 
@@ -50,27 +54,56 @@ def row_record(row: Row) -> dict:
 def prepare(params: dict, out_dir: Path) -> dict:
     """Run validation and the split; write the output folder; return the report."""
     cfg = params["prepare"]
-    raws, store = sources.load(params)
-    with tqdm(desc="prepare: validating rows", unit="row") as bar:
-        rows, skipped, stats = validate_all(raws, store, cfg["mask_size_mismatch"], progress=bar)
-    check_bad_fraction(stats["rows_in"], skipped, float(cfg["max_bad_fraction"]))
-    side = split_by_image({r.image for r in rows}, float(cfg["val_fraction"]), int(params["seed"]))
+    source = sources.load(params)
+    checked, report_in = {}, {}
+    for role, raws in source.rows.items():
+        with tqdm(desc=f"prepare: validating {role} rows", unit="row") as bar:
+            rows, skipped, stats = validate_all(raws, source.images, cfg["mask_size_mismatch"], progress=bar)
+        checked[role] = (rows, skipped, stats)
+    test_images = {r.image for r in checked["test"][0]} if "test" in checked else set()
+    if test_images:
+        exclude_images(checked["train"], test_images)
+    for role, (rows, skipped, stats) in checked.items():
+        check_bad_fraction(stats["rows_in"], skipped, float(cfg["max_bad_fraction"]), role)
+        report_in[role] = {"rows_in": stats["rows_in"], "kept": len(rows), "skipped": skipped["counts"],
+                           "skipped_examples": skipped["examples"], "masks_rescaled": stats["masks_rescaled"]}
+    side = split_by_image({r.image for r in checked["train"][0]}, float(cfg["val_fraction"]), int(params["seed"]))
+    side.update((image, "test") for image in test_images)
+    rows = [r for role_rows, _, _ in checked.values() for r in role_rows]
     with tables.atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             kept = sorted((r for r in rows if side[r.image] == split), key=lambda r: (r.image, r.row_id))
             tables.write_table([row_record(r) for r in kept], tmp / f"rows-{split}.parquet", ROW_SCHEMA)
             names = sorted({r.image for r in kept})
-            records = ({"image": n, "bytes": store.read(n)} for n in tqdm(names, desc=f"prepare: copying {split} images"))
+            records = ({"image": n, "bytes": source.images.read(n)}
+                       for n in tqdm(names, desc=f"prepare: copying {split} images"))
             tables.write_shards(records, tmp, f"images-{split}", IMAGE_SCHEMA, IMAGES_PER_SHARD)
-    kept = {s: sum(side[r.image] == s for r in rows) for s in SPLITS}
+    skipped_all, examples_all = Counter(), {}
+    for r in report_in.values():
+        skipped_all.update(r["skipped"])
+        for reason, example in r["skipped_examples"].items():
+            examples_all.setdefault(reason, example)
     return {
-        "rows_in": stats["rows_in"],
-        "kept": kept,
+        "source": {"kind": params["data"]["source"], **source.info},
+        "rows_in": sum(r["rows_in"] for r in report_in.values()),
+        "kept": {s: sum(side[r.image] == s for r in rows) for s in SPLITS},
         "images": {s: sum(v == s for v in side.values()) for s in SPLITS},
-        "skipped": skipped["counts"],
-        "skipped_examples": skipped["examples"],
-        "masks_rescaled": stats["masks_rescaled"],
+        "skipped": dict(sorted(skipped_all.items())),
+        "skipped_examples": dict(sorted(examples_all.items())),
+        "masks_rescaled": sum(r["masks_rescaled"] for r in report_in.values()),
+        "by_source_split": report_in,
     }
+
+
+def exclude_images(checked: tuple, images: set[str]) -> None:
+    """Skip (counted as image_in_test) the rows of `checked` that are on one of `images`."""
+    rows, skipped, _ = checked
+    out = [r for r in rows if r.image not in images]
+    dropped = [r for r in rows if r.image in images]
+    if dropped:
+        skipped["counts"]["image_in_test"] = len(dropped)
+        skipped["examples"]["image_in_test"] = f"row {dropped[0].row_id}: image {dropped[0].image} is in the test split"
+    rows[:] = out
 
 
 def read_rows(prepared: Path, split: str) -> list[dict]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from maskgate import demo
+from maskgate import demo, hub
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,6 @@ class RawError:
 
 
 class ImageMissing(KeyError):
-    pass
-
-
-class HubUnreachable(RuntimeError):
     pass
 
 
@@ -125,46 +121,93 @@ def local_rows_files(root: Path) -> list[Path]:
     return files
 
 
-def load_local(root: Path) -> tuple[Iterator[dict | RawError], FolderImages]:
+def load_local(root: Path) -> Source:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data.path is not a folder: {root}")
     files = local_rows_files(root)
     images = FolderImages(root / "images")
-    return (row for f in files for row in read_rows_file(f)), images
+    return Source({"train": (row for f in files for row in read_rows_file(f))}, images,
+                  {"path": str(root), "files": [f.name for f in files]})
 
 
-def load_hub(repo: str, split: str, images_file: str) -> tuple[Iterator[dict], ZipImages]:
-    """Rows through `datasets.load_dataset`, images from the archive shipped beside them.
+OFFLINE_DATA = "or use data.source=local with data.path=<a local copy>, or data.source=demo"
 
-    The token, if any, comes from the environment (HF_TOKEN) through huggingface_hub, never from
-    params. Which splits the hub exposes is not confirmed: "all" loads every one there is.
+
+@dataclass
+class Source:
+    """Raw rows by role, the image store, and what the source was (for the report).
+
+    `rows["train"]` is split by image into train and val; `rows["test"]`, when there, stays out
+    of training and is scored apart (the hub's own evaluation rows).
+    """
+    rows: dict[str, Iterator[dict | RawError]]
+    images: object
+    info: dict
+
+
+def load_hub(repo: str, revision: str, train_split: str, test_split: str, images_file: str) -> Source:
+    """Rows through `datasets.load_dataset`, images from the archive shipped beside them, one commit for both.
+
+    The hub's `train_split` becomes train and val; its `test_split` is kept apart as test. A hub with
+    a single split gives train and val only (said in `info["note"]`). Row ids are namespaced by the hub
+    split ("validation/17"), since ids may restart in each split. The token, if any, comes from the
+    environment (HF_TOKEN) through huggingface_hub, never from params.
     """
     import datasets
     from huggingface_hub import hf_hub_download
 
+    commit = hub.resolve(repo, revision, "dataset", OFFLINE_DATA)
+    where = f"dataset {repo} at {commit[:10]}"
+    with hub.errors(where):
+        names = list(datasets.get_dataset_split_names(repo, revision=commit))
+    roles, note = split_roles(names, train_split, test_split, repo)
+
+    def rows(split: str) -> Iterator[dict]:
+        with hub.errors(f"split {split!r} of {where}"):
+            try:
+                table = datasets.load_dataset(repo, split=split, revision=commit)
+            except (datasets.exceptions.DatasetGenerationError, datasets.exceptions.DatasetNotFoundError,
+                    ValueError, TypeError) as e:  # mixed schemas, unreadable files: one line, not a traceback
+                raise hub.HubError(f"split {split!r} of {where} could not be read as rows "
+                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        for row in table:
+            yield {**row, "id": f"{split}/{row.get('id')}"} if row.get("id") is not None else row
+
+    with hub.errors(f"{images_file} of {where}"):
+        zip_path = hf_hub_download(repo, images_file, repo_type="dataset", revision=commit)
     try:
-        names = datasets.get_dataset_split_names(repo)
-    except (ConnectionError, OSError) as e:  # datasets wraps hub and network failures in these
-        raise HubUnreachable(f"could not load {repo} from the Hugging Face hub ({e}). Offline, use "
-                             "data.source=local with data.path=<a local copy>, or data.source=demo") from None
-    if split != "all" and split not in names:
-        raise ValueError(f"data.hub_split={split!r} is not a split of {repo}; it has {names}")
-    chosen = names if split == "all" else [split]
-    rows = (row for s in chosen for row in datasets.load_dataset(repo, split=s))
-    return rows, ZipImages(hf_hub_download(repo, images_file, repo_type="dataset"))
+        images = ZipImages(Path(zip_path))
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{images_file} of {where} is not a readable zip archive: {e}") from None
+    info = {"repo": repo, "revision": revision, "commit": commit, "hub_splits": names,
+            "roles": roles, **({"note": note} if note else {})}
+    return Source({role: rows(split) for role, split in roles.items()}, images, info)
 
 
-def load_demo(n_images: int, seed: int) -> tuple[Iterator[dict], MemoryImages]:
+def split_roles(names: list[str], train_split: str, test_split: str, repo: str) -> tuple[dict, str | None]:
+    """{"train": hub split[, "test": hub split]} and a note when the hub's splits are not the usual two."""
+    if train_split in names:
+        roles = {"train": train_split}
+        if test_split in names and test_split != train_split:
+            return {**roles, "test": test_split}, None
+        return roles, f"{repo} has no split {test_split!r} (splits: {names}): no test section"
+    if len(names) == 1:
+        return {"train": names[0]}, (f"{repo} has a single split {names[0]!r}: train and val are split from it "
+                                     "by image, and there is no test section")
+    raise ValueError(f"data.hub_train_split={train_split!r} is not a split of {repo}; it has {names}")
+
+
+def load_demo(n_images: int, seed: int) -> Source:
     rows, images = demo.generate(n_images, seed)
-    return iter(rows), MemoryImages(images)
+    return Source({"train": iter(rows)}, MemoryImages(images), {"demo_images": n_images})
 
 
-def load(params: dict):
-    """The raw rows and image store that params' `data.source` names."""
+def load(params: dict) -> Source:
+    """The rows and image store that params' `data.source` names."""
     d = params["data"]
     if d["source"] == "hub":
-        return load_hub(d["hub_repo"], d["hub_split"], d["hub_images"])
+        return load_hub(d["hub_repo"], d["hub_revision"], d["hub_train_split"], d["hub_test_split"], d["hub_images"])
     if d["source"] == "local":
         return load_local(Path(d["path"]))
     if d["source"] == "demo":

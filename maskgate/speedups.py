@@ -5,17 +5,21 @@ measured it (BENCHMARKS.md):
 
 * `merge_adapter`: fold the LoRA adapter into the base weights (peft `merge_and_unload`), so a
   forward pass is the base model's alone, with no LoRA branch beside each projection. Exact up to
-  bf16 rounding of the merged weight.
+  bf16 rounding of the merged weight. Never on a 4-bit (QLoRA) base: merging dequantises, adds and
+  re-quantises, so the adapter would be scored on other weights than it was trained on.
 * `fp8`: the language model's decoder linears in FP8 (maskgate.fp8; CUDA with compute capability
   8.9 or newer, else a no-op that prints why). Within FP8 rounding.
 * `compile`: `torch.compile` each decoder layer of the language model (dynamic shapes, so batches of
   other lengths do not recompile); the vision tower splits its attention per image with
   data-dependent shapes and stays eager. CUDA only, else a no-op that prints why: on CPU compiling
-  costs far more than it saves on the tiny model.
+  costs far more than it saves on the tiny model. Not on a 4-bit base (bitsandbytes layers were never
+  measured compiled).
 * `workers` (score's argument, not a model change): batches prepared in worker processes while the
   GPU runs (scoring.batches).
 
-`evaluate.batch_size` is the fifth knob; the largest that fits is usually fastest.
+`evaluate.batch_size` is the fifth knob; the largest that fits is usually fastest. The values come
+from params.yaml's `evaluate` section alone: evaluate reads it, records it in the operating point it
+writes, and the gate takes it from there (or from a params file given to it).
 """
 from __future__ import annotations
 
@@ -23,13 +27,16 @@ import re
 
 from maskgate import fp8 as fp8_
 
-EVALUATE_SPEED_DEFAULTS = {"merge_adapter": False, "fp8": False, "compile": False, "workers": 0}
+SPEED_KEYS = ("merge_adapter", "fp8", "compile", "workers")
 DECODER_LAYER = re.compile(r"(^|\.)language_model\.layers\.\d+$")
 
 
 def speed_settings(cfg: dict) -> dict:
-    """The speed keys of params["evaluate"], with defaults; ValueError on a bad value."""
-    out = {k: cfg.get(k, v) for k, v in EVALUATE_SPEED_DEFAULTS.items()}
+    """The speed keys of params["evaluate"]; ValueError on a missing key or a bad value."""
+    missing = [k for k in SPEED_KEYS if k not in cfg]
+    if missing:
+        raise ValueError(f"the evaluate settings lack {missing} (params.yaml's evaluate section lists them)")
+    out = {k: cfg[k] for k in SPEED_KEYS}
     for key in ("merge_adapter", "fp8", "compile"):
         if not isinstance(out[key], bool):
             raise ValueError(f"evaluate.{key} must be true or false, got {out[key]!r}")
@@ -61,14 +68,23 @@ def compile_decoder(model, device, where: str, print_fn=print) -> bool:
 
 def for_scoring(model, cfg: dict, where: str = "scoring", print_fn=print):
     """The model (eval mode) with the speed settings of `cfg` (params["evaluate"]) applied; may be a new object."""
+    from maskgate.verifier import is_quantized
+
     s = speed_settings(cfg)
+    quantized = is_quantized(model)
     if s["merge_adapter"] and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-        print_fn(f"{where}: LoRA adapter merged into the base weights")
+        if quantized:
+            print_fn(f"{where}: the base is 4-bit (QLoRA): scoring base + adapter unmerged, since merging would "
+                     "re-quantise the weights it was trained on")
+        else:
+            model = model.merge_and_unload()
+            print_fn(f"{where}: LoRA adapter merged into the base weights")
     model.eval()
     if s["fp8"]:
         model.requires_grad_(False)  # scoring never needs gradients; fp8 converts frozen layers only
         fp8_.apply(model, model.device, where, print_fn)
-    if s["compile"]:
+    if s["compile"] and quantized:
+        print_fn(f"{where}: compile is not used on a 4-bit base; running eager")
+    elif s["compile"]:
         compile_decoder(model, model.device, where, print_fn)
     return model

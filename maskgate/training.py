@@ -39,6 +39,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 BACKENDS = ("auto", "hf", "unsloth")
@@ -319,38 +320,74 @@ def build_local_base(params: dict, preset: str, out_dir: Path, device: str, dtyp
     return base
 
 
-def load_model(params: dict, cfg: dict, backend: str, out_dir: Path, device: str):
-    """(peft model in train mode, processor, base) for the preset; `base` is what evaluate loads the adapter onto.
+@dataclass(frozen=True)
+class Base:
+    """The base model a run trains on: what `from_pretrained` gets, at which commit, in which precision."""
 
-    Hub presets load from the hub; local presets (tiny, random-8b) are built from the seed into
-    `out_dir/base` first, so evaluate finds the base beside the adapter.
+    src: str  # a local folder (local presets) or a hub repository id
+    revision: str | None  # the hub commit (hub.resolve); None for a local folder
+    load_in_4bit: bool = False  # trained as QLoRA: scored on the same 4-bit weights (verifier.load_verifier)
+    prequantized: bool = False  # the repository holds 4-bit weights (Unsloth's bnb-4bit), else quantised on load
+
+    def record(self) -> dict:
+        return {"repo": self.src, "revision": self.revision, "load_in_4bit": self.load_in_4bit,
+                "prequantized": self.prequantized}
+
+
+def resolve_base(params: dict, cfg: dict, backend: str, out_dir: Path, device: str) -> Base:
+    """The base of params' preset: a local preset built into `out_dir/base`, or a hub repository pinned to a commit.
+
+    Refuses, before anything is downloaded or built, a model too large to train without a CUDA GPU.
     """
     import torch
-    from transformers import set_seed
 
+    from maskgate import hub
     from maskgate import model as M
-    from maskgate.prompt import Prompt
 
     preset = params["model"]["preset"]
     if preset not in M.PRESETS:
         raise ParamsError(f"model.preset must be one of {sorted(M.PRESETS)}, got {preset!r}")
+    cuda = device.startswith("cuda")
+    four_bit = backend == "unsloth" and bool(cfg["load_in_4bit"])
+    if preset in M.LOCAL_PRESETS:
+        if preset != "tiny" and not cuda:
+            raise ParamsError(f"model.preset {preset} has Qwen3-VL-8B's shape and no CUDA GPU is available: "
+                              "train it on a GPU, or set model.preset: tiny for a CPU run")
+        dtype = torch.bfloat16 if cuda else torch.float32
+        return Base(str(build_local_base(params, preset, Path(out_dir), device, dtype)), None, four_bit)
+    repo = M.source(preset, backend, four_bit)
+    revision = params["model"]["revision_4bit" if four_bit else "revision"]
+    base = Base(repo, hub.resolve(repo, revision), four_bit, prequantized=four_bit)
+    M.check_device(base.src, base.revision, cuda)
+    return base
+
+
+def load_model(params: dict, cfg: dict, backend: str, base: Base, device: str):
+    """(peft model in train mode, processor) on `base`, with fresh LoRA weights drawn from the seed."""
+    import torch
+    from transformers import set_seed
+
+    from maskgate import hub
+    from maskgate import model as M
+
+    preset = params["model"]["preset"]
     seed, lora = int(params["seed"]), cfg["lora"]
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if preset in M.LOCAL_PRESETS:
-        base = str(build_local_base(params, preset, Path(out_dir), device, dtype))
     if backend == "unsloth":
         from unsloth import FastVisionModel
 
         if cfg["fp8"]:
             raise ParamsError("train.fp8 runs on the hf backend only (Unsloth has its own kernels): set train.backend: hf")
-        if preset not in M.LOCAL_PRESETS:  # 4-bit: Unsloth's pre-quantised weights; 16-bit: the original ones
-            base = M.PRESETS[preset].unsloth_id if cfg["load_in_4bit"] else M.PRESETS[preset].hub_id
         # train.gradient_checkpointing here too: "unsloth" is its offloading variant, False none at all
         # (both calls take it: get_peft_model's own default would turn it back on)
         checkpointing = "unsloth" if _checkpointing(cfg, preset) else False
-        model, processor = FastVisionModel.from_pretrained(
-            base, load_in_4bit=bool(cfg["load_in_4bit"]), use_gradient_checkpointing=checkpointing
-        )
+        M.require_safetensors(base.src, "base model")
+        with hub.errors(f"model {base.src}"):
+            # use_exact_model_name: else Unsloth swaps Qwen/... for its own mirror unsloth/... (another repository)
+            model, processor = FastVisionModel.from_pretrained(
+                base.src, revision=base.revision, use_exact_model_name=True, load_in_4bit=base.load_in_4bit,
+                use_gradient_checkpointing=checkpointing,
+            )
         model = FastVisionModel.get_peft_model(
             model,
             use_gradient_checkpointing=checkpointing,
@@ -365,13 +402,11 @@ def load_model(params: dict, cfg: dict, backend: str, out_dir: Path, device: str
             **({"modules_to_save": list(lora["modules_to_save"])} if lora["modules_to_save"] else {}),
         )
         FastVisionModel.for_training(model)
-        return model, M.set_image_bounds(processor), base
+        return model, M.set_image_bounds(processor)
 
     from peft import get_peft_model
 
-    if preset not in M.LOCAL_PRESETS:
-        base = M.PRESETS[preset].hub_id
-    model, processor = M.load(base, device=device, dtype=dtype)
+    model, processor = M.load(base.src, device=device, dtype=dtype, revision=base.revision)
     model.train()
     set_seed(seed)  # LoRA's A matrices are drawn now
     model = get_peft_model(model, lora_config(lora))
@@ -381,7 +416,21 @@ def load_model(params: dict, cfg: dict, backend: str, out_dir: Path, device: str
         fp8.apply(model, device, "train")
     if _checkpointing(cfg, preset):
         model.enable_input_require_grads()
-    return model, processor, base
+    return model, processor
+
+
+def check_lengths(processor, prompt, datasets_: dict, seq_len: int, image_tokens: int) -> None:
+    """Every training and validation example fits `seq_len` with the real tokenizer, checked before the first step.
+
+    The collator checks each batch too, but a long query found there stops a run hours in (and its resume at
+    the same place); this reads only the query and answer columns, so it takes seconds per 100k examples.
+    """
+    from maskgate.batching import check_texts
+
+    for split, ds in datasets_.items():
+        rows = ds.select_columns(["example_id", "query", "label_text"])
+        check_texts(processor, prompt, zip(rows["example_id"], rows["query"], rows["label_text"]), seq_len,
+                    image_tokens, desc=f"train: checking {split} lengths")
 
 
 def _checkpointing(cfg: dict, preset: str) -> bool:
@@ -597,6 +646,7 @@ def train(
     from dvclive import Live
     from trl import SFTConfig, SFTTrainer
 
+    from maskgate import model as M
     from maskgate.prompt import Prompt
 
     out_dir, checkpoints, live_dir = Path(out_dir), Path(checkpoints), Path(live_dir)
@@ -607,6 +657,8 @@ def train(
     seed = int(params["seed"])
     preset = params["model"]["preset"]
 
+    cuda = torch.cuda.is_available()
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
     train_ds = load_split(rendered, "train")
     val_ds = load_split(rendered, "val")
     check_prompt(train_ds, prompt, "train")
@@ -615,8 +667,6 @@ def train(
     eval_ds = val_ds.shuffle(seed=seed).select(range(n_eval)) if n_eval else None
     auroc_rows = eval_ds.select_columns(["example_id", "query", "label", "label_text", "overlay"]) if n_eval else None
 
-    cuda = torch.cuda.is_available()
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
     steps_per_epoch = max(1, math.ceil(len(train_ds) / (cfg["micro_batch_size"] * world)) // accum)
     eval_steps = int(cfg["eval_steps"])
     args = SFTConfig(
@@ -670,7 +720,15 @@ def train(
         print(f"train: resuming from {resume} (step {resumed_at})")
     out_dir.mkdir(parents=True, exist_ok=True)
     with args.main_process_first(local=False, desc="base model"):
-        model, processor, base = load_model(params, cfg, backend, out_dir, device)
+        base = resolve_base(params, cfg, backend, out_dir, device)
+        hub_processor = M.load_processor(base.src, base.revision)  # the files evaluate and the gate will load
+        check_lengths(hub_processor, prompt, {"train": train_ds, "val": val_ds}, seq_len,
+                      M.image_token_count(int(params["render"]["size"])))
+        model, processor = load_model(params, cfg, backend, base, device)
+    tokens = M.prompt_tokens(processor, prompt)
+    if tokens != M.prompt_tokens(hub_processor, prompt):
+        raise ValueError(f"the {backend} backend's tokenizer gives another prompt than the one {base.src} ships: "
+                         "evaluate and the gate would score another prompt than training saw")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
 
@@ -712,7 +770,9 @@ def train(
     return {
         "backend": backend,
         "preset": preset,
-        "base": base,
+        "base": base.src,
+        "base_model": base.record(),
+        "prompt_tokens": tokens,
         "adapter": str(adapter),
         "examples": {"train": len(train_ds), "val": len(val_ds), "eval_subset": n_eval},
         "batch": {"effective": cfg["batch_size"], "micro": cfg["micro_batch_size"], "accumulation": accum, "world": world},

@@ -1,12 +1,16 @@
 """Load a trained verifier (base model + LoRA adapter) for scoring: evaluate and the gate.
 
-The train stage writes `verifier.json` beside the adapter, naming the base it trained on (a hub id,
-or `base/` inside the model folder for the tiny preset) and the backend, and recording the input
-contract the adapter was trained on: the prompt, the render style and the token budget. The gate
-reads that contract from here, so a model folder copied elsewhere scores its inputs exactly as
-it was trained, whatever params.yaml says by then. Scoring loads the base in
-bf16 on a GPU (fp32 on CPU) with transformers and puts the adapter on it; weights load from
-safetensors only, and no remote code runs.
+The train stage writes `verifier.json` beside the adapter. It names the base the adapter was
+trained on: a hub repository at the commit training resolved (so evaluate and the gate load the
+very weights and tokenizer training used, however the branch moved since), or `base/` inside the
+model folder for a local preset; and whether it was 4-bit (QLoRA). It records the input contract
+too: the prompt, its token ids under training's tokenizer, the render style and the token budget.
+A model folder copied elsewhere thus scores its inputs exactly as it was trained, whatever
+params.yaml says by then, and a base whose tokenizer gives other prompt ids is refused.
+
+Scoring loads the base in bf16 on a GPU (fp32 on CPU) with transformers and puts the adapter on
+it. A QLoRA adapter is scored on 4-bit weights again, never on a full-precision copy. Weights load
+from safetensors only, and no remote code runs.
 """
 from __future__ import annotations
 
@@ -16,13 +20,16 @@ from pathlib import Path
 MANIFEST = "verifier.json"
 
 
-def write_manifest(model_dir: Path, preset: str, base: str, backend: str, params: dict, max_length: int) -> None:
-    """verifier.json: where the base and adapter are, and the params sections the inputs came from."""
+def write_manifest(model_dir: Path, summary: dict, params: dict) -> None:
+    """verifier.json from the train stage's summary: the base, the adapter, the input contract."""
     model_dir = Path(model_dir)
-    inside = Path(base).resolve().is_relative_to(model_dir.resolve()) if Path(base).exists() else False
-    manifest = {"preset": preset, "backend": backend, "adapter": "adapter",
-                "base": str(Path(base).resolve().relative_to(model_dir.resolve())) if inside else base,
-                "prompt": params["prompt"], "render": params["render"], "max_length": int(max_length)}
+    base = dict(summary["base_model"])
+    src = Path(base["repo"])
+    if src.is_dir() and src.resolve().is_relative_to(model_dir.resolve()):
+        base["repo"] = str(src.resolve().relative_to(model_dir.resolve()))  # the folder travels with the model
+    manifest = {"preset": summary["preset"], "backend": summary["backend"], "adapter": "adapter",
+                "base": base, "prompt": params["prompt"], "prompt_tokens": summary["prompt_tokens"],
+                "render": params["render"], "max_length": int(summary["max_length"])}
     (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
@@ -30,7 +37,17 @@ def read_manifest(model_dir: Path) -> dict:
     path = Path(model_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {model_dir} is not a trained verifier (run `dvc repro train`)")
-    return json.loads(path.read_text())
+    manifest = json.loads(path.read_text())
+    if not isinstance(manifest.get("base"), dict) or "prompt_tokens" not in manifest:
+        raise ValueError(f"{path} was written by an older maskgate (no base revision or prompt tokens): "
+                         "re-run `dvc repro train`")
+    return manifest
+
+
+def is_quantized(model) -> bool:
+    """True for a model whose weights are bitsandbytes 4-bit (a QLoRA base): merging would re-quantise them."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "hf_quantizer", None))
 
 
 def load_verifier(model_dir: Path, device: str | None = None):
@@ -39,18 +56,32 @@ def load_verifier(model_dir: Path, device: str | None = None):
     from peft import PeftModel
 
     from maskgate import model as M
+    from maskgate.prompt import Prompt
 
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     base = manifest["base"]
-    if (model_dir / base).is_dir():
-        base = str(model_dir / base)
+    src = str(model_dir / base["repo"]) if (model_dir / base["repo"]).is_dir() else base["repo"]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     adapter = model_dir / manifest["adapter"]
     if not adapter.is_dir():
         raise FileNotFoundError(f"adapter folder {adapter} not found (run `dvc repro train`)")
     M.require_safetensors(adapter, "adapter", "adapter_model.safetensors")  # checked before the base is loaded
-    model, processor = M.load(base, device=device, dtype=dtype)
+    processor = M.load_processor(src, base["revision"])
+    tokens = M.prompt_tokens(processor, Prompt.from_params({"prompt": manifest["prompt"]}))
+    if tokens != manifest["prompt_tokens"]:
+        raise ValueError(f"the tokenizer of {src} (revision {base['revision']}) gives another prompt than the one "
+                         f"the adapter in {model_dir} was trained on: score with the base training used")
+    quantization = None
+    if base["load_in_4bit"]:
+        if not device.startswith("cuda"):
+            raise ValueError(f"{model_dir} is a QLoRA adapter: it is scored on its 4-bit base, which needs a CUDA GPU")
+        if not base["prequantized"]:  # quantised on load in training: the same settings as Unsloth's
+            from transformers import BitsAndBytesConfig
+
+            quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+    model, _ = M.load(src, device=device, dtype=dtype, revision=base["revision"], quantization=quantization)
     model = PeftModel.from_pretrained(model, str(adapter), use_safetensors=True)
     return model.eval(), processor

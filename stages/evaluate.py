@@ -1,4 +1,5 @@
-"""Stage evaluate: score the validation split, write metrics, plots, the gate's operating point."""
+"""Stage evaluate: score the validation split (and the test split, when the source has one), write metrics,
+plots and the gate's operating point (chosen on val)."""
 import argparse
 import sys
 from pathlib import Path
@@ -14,11 +15,11 @@ def main() -> int:
     ap.add_argument("--metrics", default="reports/metrics.json")
     ap.add_argument("--plots", default="reports/plots")
     ap.add_argument("--operating-point", default="reports/operating_point.json")
-    ap.add_argument("--scores", default="data/scores/val.parquet")
+    ap.add_argument("--scores", default="data/scores/val.parquet", help="test scores go beside it (test.parquet)")
     args = ap.parse_args()
     params = load_params(args.params)
 
-    from maskgate import evaluate, metrics, speedups
+    from maskgate import evaluate, metrics, speedups, tables
     from maskgate.prompt import Prompt, gate_label
     from maskgate.tables import write_json
     from maskgate.training import max_length
@@ -29,22 +30,32 @@ def main() -> int:
         prompt = Prompt.from_params(params)
         model, processor = load_verifier(args.model)
         model = speedups.for_scoring(model, cfg, "evaluate")  # evaluate.merge_adapter/fp8/compile: BENCHMARKS.md
-        scores = evaluate.score_split(model, processor, prompt, Path(args.rendered), "val",
-                                      max_length(params), int(cfg["batch_size"]),
-                                      speedups.speed_settings(cfg)["workers"])
+        scores = {split: evaluate.score_split(model, processor, prompt, Path(args.rendered), split,
+                                              max_length(params), int(cfg["batch_size"]),
+                                              speedups.speed_settings(cfg)["workers"])
+                  for split in ("val", "test") if split == "val" or tables.shard_paths(Path(args.rendered), split)}
         shortcut_auroc = evaluate.shortcut_baseline(Path(args.rendered), int(params["seed"]))
     except (OSError, ValueError) as e:  # OSError: no trained verifier, or shards missing or unreadable
         print(f"evaluate failed: {e}", file=sys.stderr)
         return 1
-    result, point = evaluate.measure(scores, cfg)
+    result, point = evaluate.measure(scores["val"], cfg)
+    point["scoring"] = {"batch_size": int(cfg["batch_size"]), **speedups.speed_settings(cfg)}  # the gate's defaults
     result["shortcut_auroc"] = shortcut_auroc
-    evaluate.write_scores(scores, Path(args.scores))
-    metrics.write_plots([gate_label(s["label"]) for s in scores], [s["p_accept"] for s in scores], Path(args.plots),
+    if "test" in scores:  # the source's own evaluation rows, measured at the threshold val chose
+        result["test"] = evaluate.measure_at(scores["test"], cfg, point["threshold"])
+    for split, split_scores in scores.items():
+        evaluate.write_scores(split_scores, Path(args.scores).with_name(f"{split}.parquet"))
+    val = scores["val"]
+    metrics.write_plots([gate_label(s["label"]) for s in val], [s["p_accept"] for s in val], Path(args.plots),
                         names=prompt.decision_names)
     write_json(result, args.metrics)
     write_json(point, args.operating_point)
     print(f"evaluate: accuracy {result['accuracy']:.3f}, AUROC {result['auroc']}, "
           f"shortcut AUROC {result['shortcut_auroc']:.3f}; gate threshold {point['threshold']:.3f}")
+    if "test" in result:
+        test = result["test"]
+        print(f"evaluate: test ({test['n']} examples): AUROC {test['auroc']}, at the gate's threshold precision "
+              f"{test['at_operating_point']['precision']}, auto-pass rate {test['at_operating_point']['auto_pass_rate']}")
     return 0
 
 

@@ -1,10 +1,10 @@
-"""Stage prepare: MaskGroups rows (hub, local or demo) -> validated rows split 90/10 by image."""
+"""Stage prepare: MaskGroups rows (hub, local or demo) -> validated rows, train/val split by image, test kept apart."""
 import argparse
 import sys
 
+from maskgate.hub import HubError
 from maskgate.params import load_params
 from maskgate.prepare import TooManyBadRows, prepare
-from maskgate.sources import HubUnreachable
 from maskgate.tables import write_json
 
 
@@ -17,10 +17,16 @@ def main() -> int:
     params = load_params(args.params)
     try:
         report = prepare(params, args.out)
-    except (TooManyBadRows, HubUnreachable, OSError, ValueError) as e:  # OSError: missing or unreadable files
+    except (TooManyBadRows, HubError, OSError, ValueError) as e:  # OSError: missing or unreadable files
         print(f"prepare failed: {e}", file=sys.stderr)
         return 1
     write_json(report, args.report)
+    source = report["source"]
+    if "commit" in source:
+        print(f"prepare: {source['repo']} at commit {source['commit']} (revision {source['revision']}), "
+              f"hub splits {source['hub_splits']}")
+    if "note" in source:
+        print(f"prepare: note: {source['note']}")
     print(f"prepare: {report['rows_in']} rows in, kept {report['kept']}, skipped {report['skipped']}")
     return 0
 

@@ -37,18 +37,25 @@ def main() -> int:
         return 1
     try:
         backend = resolve_backend(params)  # imports unsloth here, before transformers, when it picks it
+        from maskgate.hub import HubError
         from maskgate.tables import write_json
         from maskgate.training import train
         from maskgate.verifier import write_manifest
 
-        summary = train(params, args.rendered, args.out, args.checkpoints, args.live, backend=backend)
+        try:
+            summary = train(params, args.rendered, args.out, args.checkpoints, args.live, backend=backend)
+        except HubError as e:
+            raise ValueError(str(e)) from None
     except (ParamsError, OSError, ValueError) as e:  # OSError: missing shards or base model files
         print(f"train failed: {e}", file=sys.stderr)
         return 1
     if not launch.is_main_process():  # data-parallel: rank 0 writes the manifest and the report
         return 0
-    write_manifest(args.out, summary["preset"], summary["base"], summary["backend"], params, summary["max_length"])
+    write_manifest(args.out, summary, params)
     write_json(summary, args.report)
+    base = summary["base_model"]
+    at = f" at commit {base['revision']}" if base["revision"] else ""
+    print(f"train: base {base['repo']}{at}{' (4-bit)' if base['load_in_4bit'] else ''}")
     print(f"train: {summary['global_step']} steps on {summary['backend']}, loss {summary['train_loss']:.4f}, "
           f"eval AUROC {summary['eval_auroc']}")
     return 0

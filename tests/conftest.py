@@ -108,11 +108,16 @@ def save_tiny_verifier(out: Path, tiny_dir: Path, params: dict, max_length: int 
     from maskgate import model as M
     from maskgate import verifier
 
+    from maskgate.prompt import Prompt
+
     shutil.copytree(tiny_dir, out / "base")
-    base, _ = M.load(out / "base")
+    base, processor = M.load(out / "base")
     peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     peft.save_pretrained(out / "adapter", safe_serialization=True)
-    verifier.write_manifest(out, "tiny", str(out / "base"), "hf", params, max_length)
+    summary = {"preset": "tiny", "backend": "hf", "max_length": max_length,
+               "base_model": {"repo": str(out / "base"), "revision": None, "load_in_4bit": False, "prequantized": False},
+               "prompt_tokens": M.prompt_tokens(processor, Prompt.from_params(params))}
+    verifier.write_manifest(out, summary, params)
     return out, peft
 
 

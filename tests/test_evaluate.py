@@ -1,3 +1,4 @@
+import json
 import numpy as np
 import pytest
 
@@ -20,9 +21,10 @@ def test_measure_from_hand_made_scores():
 def test_manifest_keeps_a_local_base_relative(tiny_verifier):
     out, _ = tiny_verifier
     manifest = verifier.read_manifest(out)
-    assert {k: manifest[k] for k in ("adapter", "backend", "base", "preset")} == {
-        "adapter": "adapter", "backend": "hf", "base": "base", "preset": "tiny"}
-    assert set(manifest) == {"adapter", "backend", "base", "preset", "prompt", "render", "max_length"}
+    assert {k: manifest[k] for k in ("adapter", "backend", "preset")} == {"adapter": "adapter", "backend": "hf",
+                                                                          "preset": "tiny"}
+    assert manifest["base"] == {"repo": "base", "revision": None, "load_in_4bit": False, "prequantized": False}
+    assert set(manifest) == {"adapter", "backend", "base", "preset", "prompt", "prompt_tokens", "render", "max_length"}
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
@@ -62,3 +64,12 @@ def test_audit_records_join_overlays_and_queries(rendered, tmp_path):  # noqa: F
     assert len(chosen) == 4
     for c in chosen:
         assert c["image"] == by_id[c["example_id"]]["overlay"] and c["query"] == by_id[c["example_id"]]["query"]
+
+
+def test_a_base_whose_tokenizer_differs_from_training_is_refused(tiny_verifier):
+    out, _ = tiny_verifier
+    manifest = verifier.read_manifest(out)
+    manifest["prompt_tokens"]["prompt"][3] += 1  # as if the base's tokenizer had changed since training
+    (out / verifier.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="gives another prompt than the one"):
+        verifier.load_verifier(out, "cpu")

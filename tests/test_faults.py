@@ -202,7 +202,9 @@ def test_each_broken_row_on_its_own_gets_its_reason(faulty):
     from maskgate import sources
     from maskgate.validation import validate_all
 
-    raws, store = sources.load_local(faulty["source"])
+    source = sources.load_local(faulty["source"])
+
+    raws, store = source.rows["train"], source.images
     raws = list(raws)
     assert len(raws) == len(faulty["reasons"])
     for raw, reason in zip(raws, faulty["reasons"]):
@@ -250,7 +252,7 @@ def test_zero_size_and_truncated_images_say_so(tmp_path):
         (tmp_path / "source" / "rows.jsonl").write_text(json.dumps(make_row("r", name, "q", POOL, [[0]])) + "\n")
         params = write_params(tmp_path / "params.yaml", data={"source": "local", "path": str(tmp_path / "source")})
         p = stage("prepare", "--params", params, "--out", tmp_path / "prepared", "--report", tmp_path / "prepare.json")
-        failed(p, "prepare", "1 of 1 rows are bad")
+        failed(p, "prepare", "1 of 1 train rows are bad")
         assert f"undecodable_image: 1  e.g. row 0 (id r): undecodable_image: {says}" in p.stderr
 
 
@@ -647,7 +649,7 @@ def test_hub_token_not_printed_when_the_hub_is_unreachable(tmp_path):
     params = write_params(tmp_path / "params.yaml", data={"source": "hub"})
     p = stage("prepare", "--params", params, "--out", tmp_path / "prepared", "--report", tmp_path / "prepare.json",
               env=dict(ENV, HF_TOKEN=FAKE_TOKEN, HF_HOME=str(tmp_path / "hf_home")))
-    failed(p, "prepare", "could not load", "data.source=local", "data.source=demo")
+    failed(p, "prepare", "could not reach the Hugging Face hub at", "HF_HUB_OFFLINE", "data.source=local", "data.source=demo")
     assert FAKE_TOKEN not in p.stdout + p.stderr
     for path in tmp_path.rglob("*"):  # params, the hub cache folder, anything written
         assert not path.is_file() or FAKE_TOKEN.encode() not in path.read_bytes(), path

@@ -283,7 +283,8 @@ def test_gate_scores_as_evaluate_does_with_the_speed_settings(tmp_path, small_ve
     """evaluate's merge_adapter folds LoRA into the base: the same P(ACCEPT) within fp32 rounding."""
     manifest = write_manifest(tmp_path / "in", [good(0), good(1, query="the lower box")])
     plain = gate.run(manifest, tmp_path / "plain", loaded_gate, 0.5, "given", progress=False)
-    merged = gate.Gate(small_verifier, device="cpu", speed={"merge_adapter": True})
+    merged = gate.Gate(small_verifier, device="cpu",
+                       speed={"merge_adapter": True, "fp8": False, "compile": False, "workers": 0})
     assert not hasattr(merged.model, "merge_and_unload")  # no peft wrapper left
     fast = gate.run(manifest, tmp_path / "fast", merged, 0.5, "given", progress=False)
     assert plain == fast

@@ -98,18 +98,27 @@ def test_image_token_count():
 
 def test_presets_map_to_hub_ids(tmp_path):
     assert M.source("qwen3-vl-8b") == "Qwen/Qwen3-VL-8B-Instruct"
-    assert M.source("qwen3-vl-8b", backend="unsloth") == "unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit"
+    assert M.source("qwen3-vl-8b", backend="unsloth") == "Qwen/Qwen3-VL-8B-Instruct"  # 16-bit: the exact repo
+    assert M.source("qwen3-vl-8b", "unsloth", load_in_4bit=True) == "unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit"
     assert M.source(tmp_path) == str(tmp_path)
+    assert M.source("Qwen/Qwen3-VL-8B-Instruct") == "Qwen/Qwen3-VL-8B-Instruct"  # what verifier.json names
     with pytest.raises(ValueError, match="build_tiny"):
         M.source("tiny")
-    with pytest.raises(ValueError, match="neither a folder nor a preset"):
+    with pytest.raises(ValueError, match="neither a folder, a hub id"):
         M.source("qwen9-huge")
+    with pytest.raises(ValueError, match="neither a folder, a hub id"):
+        M.source("../up/../there")
 
 
-def test_unsloth_stays_off_the_cpu_path():
-    assert "unsloth" not in sys.modules
-    with pytest.raises(RuntimeError, match="import unsloth"):
-        M.load_unsloth("qwen3-vl-8b")
+def test_the_8b_shape_is_refused_without_a_gpu(tmp_path, verifier_prompt):
+    from maskgate.model import QWEN3_VL_8B_SIZE, TinySize, tiny_config, tiny_processor
+
+    config = tiny_config(TinySize(**QWEN3_VL_8B_SIZE), tiny_processor(verifier_prompt, 2048).tokenizer)
+    config.save_pretrained(tmp_path)
+    assert 8e9 < M.parameter_count(str(tmp_path)) < 9.5e9
+    with pytest.raises(ValueError, match=r"has 8\.\dB parameters and no CUDA GPU"):
+        M.check_device(str(tmp_path), None, cuda=False)
+    M.check_device(str(tmp_path), None, cuda=True)
 
 
 @pytest.mark.parametrize(

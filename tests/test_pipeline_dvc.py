@@ -52,7 +52,7 @@ def out_hashes(repo: Path) -> dict:
 def check_outputs(repo: Path, max_iou: float):
     import json
     report = json.loads((repo / "reports/prepare.json").read_text())
-    assert set(report) >= {"rows_in", "kept", "skipped"} and set(report["kept"]) == {"train", "val"}
+    assert set(report) >= {"rows_in", "kept", "skipped"} and set(report["kept"]) == {"train", "val", "test"}
     train = {r["image"] for r in tables.read_table(repo / "data/prepared/rows-train.parquet")}
     val = {r["image"] for r in tables.read_table(repo / "data/prepared/rows-val.parquet")}
     assert train and val and not train & val

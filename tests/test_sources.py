@@ -22,7 +22,8 @@ def test_local_rows_formats(tmp_path, fmt):
         path.write_text(json.dumps([ROW]))
     else:
         pq.write_table(pa.Table.from_pylist([ROW]), path)
-    rows, store = sources.load_local(tmp_path)
+    source = sources.load_local(tmp_path)
+    rows, store = source.rows["train"], source.images
     assert [r["id"] for r in rows] == ["r0"]
     assert store.read("a.jpg")[:2] == b"\xff\xd8"
 
@@ -45,22 +46,15 @@ def test_zip_images_with_and_without_top_folder(tmp_path):
             store.read("b.jpg")
 
 
-def test_hub_path_uses_datasets_and_the_archive(tmp_path, monkeypatch):
-    import datasets
-    import huggingface_hub
-
-    archive = tmp_path / "images_resized.zip"
-    with zipfile.ZipFile(archive, "w") as z:
-        z.writestr("a.jpg", jpeg_bytes(40, 60))
-    asked = []
-    monkeypatch.setattr(datasets, "get_dataset_split_names", lambda repo: ["train", "validation"])
-    monkeypatch.setattr(datasets, "load_dataset", lambda repo, split: asked.append(split) or [dict(ROW, id=split)])
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, f, repo_type: str(tmp_path / f))
-    rows, store = sources.load_hub("org/ds", "all", "images_resized.zip")
-    assert [r["id"] for r in rows] == ["train", "validation"] and asked == ["train", "validation"]
-    assert store.read("a.jpg")[:2] == b"\xff\xd8"
-    with pytest.raises(ValueError, match="not a split"):
-        sources.load_hub("org/ds", "test", "images_resized.zip")
+def test_hub_split_roles():
+    assert sources.split_roles(["train", "validation"], "train", "validation", "o/d") == (
+        {"train": "train", "test": "validation"}, None)
+    roles, note = sources.split_roles(["validation"], "train", "validation", "o/d")
+    assert roles == {"train": "validation"} and "single split" in note
+    roles, note = sources.split_roles(["train", "dev"], "train", "validation", "o/d")
+    assert roles == {"train": "train"} and "no split 'validation'" in note
+    with pytest.raises(ValueError, match="data.hub_train_split='train' is not a split of o/d"):
+        sources.split_roles(["a", "b"], "train", "validation", "o/d")
 
 
 @pytest.mark.parametrize("name", ["a.jpg", "sub/a.jpg"])
@@ -82,14 +76,3 @@ def test_demo_is_deterministic_and_in_row_format():
         assert set(r) == {"id", "image", "conversations", "gt_mask_pool", "mask_pool", "gt_mask_group"}
         assert r["image"] in imgs_a
         assert all(0 <= i < len(r["gt_mask_pool"]) for i in r["gt_mask_group"][0])
-
-
-def test_unreachable_hub_says_what_to_do(monkeypatch):
-    import datasets
-
-    def offline(repo):
-        raise ConnectionError("Couldn't reach it")
-
-    monkeypatch.setattr(datasets, "get_dataset_split_names", offline)
-    with pytest.raises(sources.HubUnreachable, match="data.source=local"):
-        sources.load_hub("org/ds", "all", "images_resized.zip")

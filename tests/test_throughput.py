@@ -118,12 +118,15 @@ def test_fp8_and_compile_are_noops_that_say_why_off_cuda(tiny_qwen3vl_dir):
 
     said = []
     model, _ = M.load(tiny_qwen3vl_dir)
-    out = speedups.for_scoring(model, {"fp8": True, "compile": True}, "test", print_fn=said.append)
+    out = speedups.for_scoring(model, {"merge_adapter": False, "fp8": True, "compile": True, "workers": 0}, "test",
+                               print_fn=said.append)
     assert out is model and not any(isinstance(m, fp8.FrozenFp8Linear) for m in model.modules())
     assert any("fp8 requested but device cpu is not a CUDA GPU" in s for s in said)
     assert any("compile requested but device cpu is not a CUDA GPU" in s for s in said)
     with pytest.raises(ValueError, match="evaluate.workers"):
-        speedups.speed_settings({"workers": -1})
+        speedups.speed_settings({"merge_adapter": False, "fp8": False, "compile": False, "workers": -1})
+    with pytest.raises(ValueError, match=r"lack \['fp8', 'compile'\]"):  # no defaults in code: params.yaml's
+        speedups.speed_settings({"merge_adapter": False, "workers": 0})
 
 
 def test_train_fp8_is_checked(params):
@@ -154,7 +157,8 @@ def test_merged_adapter_and_workers_keep_p_accept(tiny_qwen3vl_dir, verifier_pro
     p0 = score(model, processor, verifier_prompt, examples, 256, batch_size=2)
     p1 = score(model, processor, verifier_prompt, examples, 256, batch_size=2, workers=2)
     np.testing.assert_array_equal(p0, p1)
-    merged = speedups.for_scoring(model, {"merge_adapter": True}, "test", print_fn=lambda s: None)
+    merged = speedups.for_scoring(model, {"merge_adapter": True, "fp8": False, "compile": False, "workers": 0}, "test",
+                                  print_fn=lambda s: None)
     assert not hasattr(merged, "peft_config")
     np.testing.assert_allclose(score(merged, processor, verifier_prompt, examples, 256, batch_size=2), p0, atol=1e-5)
 

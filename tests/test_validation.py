@@ -14,7 +14,8 @@ POOL = [rle(box_mask(40, 60, 2, 12, 2, 14)), rle(box_mask(40, 60, 20, 35, 30, 50
 
 def run(tmp_path, rows, images=None, policy="rescale"):
     images = {"a.jpg": jpeg_bytes(40, 60)} if images is None else images
-    raws, store = sources.load_local(write_local(tmp_path / "d", rows, images))
+    source = sources.load_local(write_local(tmp_path / "d", rows, images))
+    raws, store = source.rows["train"], source.images
     return validate_all(raws, store, policy)
 
 
@@ -69,7 +70,8 @@ def test_duplicate_ids_bad_lines_and_bad_images(tmp_path):
     images = {"a.jpg": jpeg_bytes(40, 60), "t.jpg": jpeg_bytes(40, 60)[:200]}
     d = write_local(tmp_path / "d", raw, images)
     (d / "rows.jsonl").write_bytes((d / "rows.jsonl").read_bytes().replace("ÿþ".encode(), b"\xff\xfe"))
-    raws, store = sources.load_local(d)
+    source = sources.load_local(d)
+    raws, store = source.rows["train"], source.images
     rows, skipped, stats = validate_all(raws, store, "rescale")
     assert [r.row_id for r in rows] == ["dup"]
     assert skipped["counts"] == {"bad_json": 1, "duplicate_id": 1, "not_utf8": 1, "undecodable_image": 1}
@@ -99,6 +101,7 @@ def test_image_decoded_once_per_name():
 
 
 def test_realdata_goes_through_unchanged():
-    raws, store = sources.load_local(REALDATA)
+    source = sources.load_local(REALDATA)
+    raws, store = source.rows["train"], source.images
     rows, skipped, stats = validate_all(raws, store, "rescale")
     assert len(rows) == 276 and skipped["counts"] == {} and stats["masks_rescaled"] == 0
