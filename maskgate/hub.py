@@ -62,7 +62,7 @@ def errors(what: str, otherwise: str = ""):
         raise HubError(f"{what}: a file is missing from the repository ({_first_line(e)})") from None
     except E.OfflineModeIsEnabled:
         raise HubError(f"{what} is not in the cache and HF_HUB_OFFLINE is set: run once with the hub "
-                       "reachable, or unset HF_HUB_OFFLINE") from None
+                       f"reachable, or unset HF_HUB_OFFLINE{'; ' + otherwise if otherwise else ''}") from None
     except (E.LocalEntryNotFoundError, httpx.TransportError, ConnectionError, TimeoutError) as e:
         # LocalEntryNotFoundError: the hub could not be reached and the cache does not hold the file
         raise HubError(f"could not reach the Hugging Face hub at {endpoint()} for {what} "
