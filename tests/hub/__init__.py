@@ -1,0 +1,1 @@
+"""A local stand-in for the Hugging Face hub (server.py) and the repositories it serves (repos.py)."""
