@@ -55,7 +55,7 @@ dvclive==3.49.1 dvc==3.67.1 dvc_data==3.18.3 dvc_objects==5.2.0 dvc_http==2.32.0
 dvc_render==1.0.2 dvc_studio_client==0.23.0 scmrepo==3.6.2 dulwich==1.2.21 funcy==2.1
 flufl.lock==9.2.0 atpublic==9.0.0 ruamel.yaml==0.19.1 pygtrie==2.6.2 sqltrie==0.11.3
 voluptuous==0.16.0 zc.lockfile==4.0 diskcache==5.6.3 dpath==2.2.0 flatten_dict==0.5.0
-configobj==5.0.9 platformdirs==4.14.8
+configobj==5.0.9 platformdirs==4.14.8 pygit2==1.21.0 cffi==2.1.1 pycparser==3.12
 """.split()
 
 # The GPU image's packages (KINDS.md, 2026-11-17) and the versions seen there.
