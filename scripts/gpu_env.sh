@@ -7,8 +7,8 @@
 # It installs .whl/*.whl (no index, no deps) into $GPU_SITE (default /tmp/site) and puts the
 # repo root (the maskgate package, like `pip install -e .`) and that folder in front of
 # PYTHONPATH, ahead of the image's site-packages, so the kit's peft 0.21.2 wins over the
-# image's; the kit's commands (dvc, trl, ...) go on PATH. `dvc repro` works with the kit,
-# `dvc exp run` does not (it needs pygit2, shortuuid, ... which are left out).
+# image's; the kit's commands (dvc, trl, ...) go on PATH. `dvc repro` works with the kit (pygit2 included: DVC's autostage needs it),
+# `dvc exp run` does not (it needs shortuuid, ... which are left out).
 # Idempotent: a second call finds the stamp of the same kit and only sets the environment
 # (about 3 s the first time, instant after). It also turns the Hugging Face hub offline.
 # The kit is made here with `python3 scripts/check_gpu_kit.py --build`, which also checks
