@@ -46,14 +46,17 @@ def errors(what: str, otherwise: str = ""):
     import httpx
     from huggingface_hub import errors as E
 
+    def gated():
+        token = "the token in HF_TOKEN is not allowed" if os.environ.get("HF_TOKEN") else "no token was given"
+        return HubError(f"{what} is gated and {token}: accept its terms on the hub, then set HF_TOKEN "
+                        "(or run `hf auth login`)")
+
     try:
         yield
     except HubError:
         raise
     except E.GatedRepoError:
-        token = "the token in HF_TOKEN is not allowed" if os.environ.get("HF_TOKEN") else "no token was given"
-        raise HubError(f"{what} is gated and {token}: accept its terms on the hub, then set HF_TOKEN "
-                       "(or run `hf auth login`)") from None
+        raise gated() from None
     except E.RevisionNotFoundError:
         raise HubError(f"{what}: no such revision on {endpoint()} (check the revision in params.yaml)") from None
     except E.RepositoryNotFoundError:
@@ -67,6 +70,13 @@ def errors(what: str, otherwise: str = ""):
         # LocalEntryNotFoundError: the hub could not be reached and the cache does not hold the file
         raise HubError(f"could not reach the Hugging Face hub at {endpoint()} for {what} "
                        f"({type(e).__name__}): {_offline_hint()}{'; ' + otherwise if otherwise else ''}") from None
+    except FileNotFoundError as e:
+        # datasets wraps gated, missing and unreadable repositories in its DatasetNotFoundError
+        if type(e).__name__ != "DatasetNotFoundError":
+            raise
+        if "gated" in str(e):
+            raise gated() from None
+        raise HubError(f"{what}: {_first_line(e)}") from None
     except E.HfHubHTTPError as e:
         raise HubError(f"{what}: the hub at {endpoint()} answered {_first_line(e)}") from None
 
