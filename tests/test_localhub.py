@@ -150,12 +150,13 @@ for split in ("train", "validation"):
     step(split, lambda: datasets.load_dataset(repo, split=split, revision=sha).to_list())
 step("fs_glob", lambda: sorted(HfFileSystem().glob(f"datasets/{repo}@{sha}/data/*.parquet")))
 
-# the pipeline's own reader: data.source=hub, no revision pinned
+# the pipeline's own reader, as params.yaml sets it: revision main, train and validation splits
 def pipeline():
     from maskgate import sources
-    rows, images = sources.load_hub(repo, "all", "images_resized.zip")
-    rows = list(rows)
-    return {"rows": len(rows), "image_bytes": len(images.read(rows[0]["image"]))}
+    src = sources.load_hub(repo, "main", "train", "validation", "images_resized.zip")
+    rows = {role: list(it) for role, it in src.rows.items()}
+    return {"roles": src.info["roles"], "commit": src.info["commit"], "rows": {r: len(v) for r, v in rows.items()},
+            "image_bytes": len(src.images.read(rows["train"][0]["image"]))}
 step("pipeline", pipeline)
 
 # what Unsloth's loader asks the hub besides the plain downloads (read from its source; it cannot run here)
@@ -230,7 +231,9 @@ def test_datasets_sees_both_splits_and_the_rows_written(data_run):
 def test_the_pipeline_source_reads_the_local_hub(data_run):
     results, _, _ = data_run
     got = ok(results, "pipeline")
-    assert got["rows"] == len(ok(results, "train")) + len(ok(results, "validation"))
+    assert got["roles"] == {"train": "train", "test": "validation"}
+    assert got["commit"] == ok(results, "dataset_sha")
+    assert got["rows"] == {"train": len(ok(results, "train")), "test": len(ok(results, "validation"))}
     assert got["image_bytes"] > 1000
 
 
