@@ -133,8 +133,8 @@ def steady_rate(times: list[list[float]], batch: int, warmup: int) -> dict:
 
 
 def worker(params_file: Path, rendered: Path, folder: Path, times_file: Path) -> int:
-    from maskgate import launch, training
-
+    from maskgate.model import launch
+    from maskgate.model import train as training
     params = yaml.safe_load(params_file.read_text())
     backend = training.resolve_backend(params)  # before transformers: unsloth patches it when picked
     import torch

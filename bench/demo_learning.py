@@ -1,9 +1,9 @@
 """Does the tiny verifier really learn on the demo data? Train, then print val AUROC, shortcut AUROC, times.
 
 Builds the demo data with the pipeline's own code (prepare -> negatives -> render; cached in the work
-folder per data settings), trains with maskgate.training.train exactly as the train stage does,
+folder per data settings), trains with maskgate.model.train.train exactly as the train stage does,
 scores the whole val split with scoring.score as the evaluate stage does, and fits the mask-only
-shortcut baseline (maskgate.shortcut) on the same split. Settings are params.yaml plus the demo
+shortcut baseline (maskgate.evaluation.shortcut) on the same split. Settings are params.yaml plus the demo
 switches (data.source=demo, model.preset=tiny) plus `-S key=value` overrides, spelled as for
 `dvc exp run -S`, applied by DVC's own code (Hydra syntax: `lr=1e-3`, `train.lora.targets=[a,b]`,
 `++model.tiny.initializer_range=0.125` for a key params.yaml does not hold yet).
@@ -48,8 +48,9 @@ def digest(obj) -> str:
 
 def build_data(params: dict, work: Path) -> tuple[Path, float]:
     """Rendered shards for these data settings, made once per settings in work/data-<hash>."""
-    from maskgate import negatives, prepare, render
-
+    from maskgate.data import negatives
+    from maskgate.data import prepare
+    from maskgate.render import shards
     keys = {k: params[k] for k in ("seed", "data", "prepare", "negatives", "render", "prompt")}
     folder = work / f"data-{digest(keys)}"
     if (folder / "rendered").is_dir():
@@ -58,13 +59,13 @@ def build_data(params: dict, work: Path) -> tuple[Path, float]:
     shutil.rmtree(folder, ignore_errors=True)
     prepare.prepare(params, folder / "prepared")
     negatives.build(folder / "prepared", folder / "negatives", params["negatives"], int(params["seed"]))
-    render.render(folder / "prepared", folder / "negatives", folder / "rendered", params)
+    shards.render(folder / "prepared", folder / "negatives", folder / "rendered", params)
     return folder / "rendered", time.time() - started
 
 
 def shortcut(rendered: Path, seed: int) -> float:
-    from maskgate import tables
-    from maskgate.shortcut import mask_features, shortcut_auroc
+    from maskgate.utils import tables
+    from maskgate.evaluation.shortcut import mask_features, shortcut_auroc
     import numpy as np
 
     def split(name):
@@ -87,8 +88,7 @@ def main() -> int:
 
     params = apply_overrides(Path(args.params), DEMO + args.set)
 
-    from maskgate import training
-
+    from maskgate.model import train as training
     backend = training.resolve_backend(params)  # before transformers, as the train stage does
     import numpy as np
     import torch
@@ -106,9 +106,9 @@ def main() -> int:
     summary = training.train(params, rendered, run / "model", run / "checkpoints", run / "live", backend=backend)
     t_train = time.time() - started
 
-    from maskgate.model import load
+    from maskgate.model.qwen import load
     from maskgate.prompt import Prompt
-    from maskgate.scoring import score
+    from maskgate.model.scoring import score
     from peft import PeftModel
 
     started = time.time()
@@ -125,8 +125,7 @@ def main() -> int:
     short = shortcut(rendered, int(params["seed"]))
     t_short = time.time() - started
 
-    from maskgate import tables
-
+    from maskgate.utils import tables
     kinds = np.asarray([r["kind"] for r in tables.iter_shards(rendered, "val", columns=["kind"])])
     by_kind = {}
     for kind in ("hard", "easy"):
@@ -135,7 +134,7 @@ def main() -> int:
             by_kind[kind] = float(roc_auc_score(labels[keep], p[keep]))
 
     # Per colour named in the query: a model that learnt some colours and not others shows here.
-    from maskgate.demo import COLORS
+    from maskgate.data.demo import COLORS
 
     queries = np.asarray(val["query"])
     by_color = {}

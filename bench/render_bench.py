@@ -15,11 +15,12 @@ from collections import defaultdict
 from multiprocessing import Pool
 from pathlib import Path
 
-from maskgate import negatives, sources
-from maskgate.overlay import Style, decode_image, encode_jpeg, letterbox
-from maskgate.params import load_params
-from maskgate.render import _job, render_image
-from maskgate.validation import validate_all
+from maskgate.data import negatives
+from maskgate.data import sources
+from maskgate.render.overlay import Style, decode_image, encode_jpeg, letterbox
+from maskgate.config import load_params
+from maskgate.render.shards import _job, render_image
+from maskgate.data.validation import validate_all
 
 
 def jobs_from(data: Path, params: dict, style: Style) -> list[tuple]:

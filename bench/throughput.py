@@ -10,9 +10,9 @@ and render code; every query padded with filler words so each example is exactly
 shape, random bf16 weights: speed and memory do not depend on weight values) once, measures the bf16
 matrix-multiply rate, then runs each configuration in its own subprocess with a timeout: a failure is
 printed with the tail of its log and the rest still run. Training configurations go through
-`maskgate.training.train` (TRL SFTTrainer, the project's collator) with their params["train"] settings;
-scoring configurations through `maskgate.scoring.score` on the loaded model with their
-params["evaluate"] settings (`maskgate.speedups.for_scoring`). Every setting a configuration changes
+`maskgate.model.train.train` (TRL SFTTrainer, the project's collator) with their params["train"] settings;
+scoring configurations through `maskgate.model.scoring.score` on the loaded model with their
+params["evaluate"] settings (`maskgate.model.speedups.for_scoring`). Every setting a configuration changes
 is a params.yaml key, so the fastest one can become the default.
 
 Printed and written (one JSON per configuration in --out, and all of them in --out/results.jsonl):
@@ -20,7 +20,7 @@ examples/s and tokens/s over the measured steps only (warm-up steps excluded: Un
 decoder block in its first step), tokens per example (real; padded is the same here since every example
 has the same length, the ~1-2% padding of real data is not measured), peak GPU memory
 (torch.cuda.max_memory_allocated over the whole subprocess), MFU and HFU. MFU = model FLOPs per example
-(maskgate/flops.py: from the config's shape, counted the same for every configuration, so MFU ratios are
+(maskgate/model/flops.py: from the config's shape, counted the same for every configuration, so MFU ratios are
 throughput ratios) x examples/s / the bf16 torch.mm rate measured at the start of the same run. HFU adds
 the decoder forward that gradient checkpointing recomputes. Training records the loss of every step;
 scoring records P(ACCEPT) of the measured examples; the table shows |loss - the hf reference's| and
@@ -162,18 +162,21 @@ def smoke_cfg(cfg: dict) -> dict:
 
 def make_rows(args, params: dict, work: Path) -> tuple[list[dict], dict]:
     """Rendered train rows, each padded to exactly `target` tokens (prompt + image + answer); and their facts."""
-    from maskgate import model as M
-    from maskgate import negatives, prepare, render, tables
-    from maskgate.batching import answer_ids, prompt_text
+    from maskgate.model import qwen as M
+    from maskgate.data import negatives
+    from maskgate.data import prepare
+    from maskgate.render import shards
+    from maskgate.utils import tables
+    from maskgate.model.batching import answer_ids, prompt_text
     from maskgate.prompt import Prompt
 
     data = work / f"data-{args.size}px-{args.demo_images}"
     if not (data / "rendered").is_dir():
         prepare.prepare(params, data / "prepared")
         negatives.build(data / "prepared", data / "negatives", params["negatives"], int(params["seed"]))
-        render.render(data / "prepared", data / "negatives", data / "rendered", params)
+        shards.render(data / "prepared", data / "negatives", data / "rendered", params)
     rows = list(tables.iter_shards(data / "rendered", "train"))
-    from maskgate.training import local_size
+    from maskgate.model.train import local_size
 
     prompt = Prompt.from_params(params)
     # the tokenizer build_tiny gives the local preset (random-8b uses the tiny one too)
@@ -205,8 +208,8 @@ def make_rows(args, params: dict, work: Path) -> tuple[list[dict], dict]:
 
 def write_rendered(rows: list[dict], n: int, folder: Path) -> Path:
     """A rendered folder whose train split is exactly n rows (the base rows repeated) and a small val split."""
-    from maskgate import tables
-    from maskgate.render import SHARD_SCHEMA
+    from maskgate.utils import tables
+    from maskgate.render.shards import SHARD_SCHEMA
 
     if (folder / "done").exists():
         return folder
@@ -258,7 +261,7 @@ def worker_matmul(args, spec) -> dict:
 
     out = {"matmul_n": n, "matmul_dtype": str(dtype).replace("torch.", ""), "bf16_flops_per_s": rate(lambda: a @ b)}
     try:
-        from maskgate.fp8 import quantize_rows
+        from maskgate.model.fp8 import quantize_rows
 
         a8, sa = quantize_rows(a)
         b8, sb = quantize_rows(b.t().contiguous())
@@ -273,7 +276,7 @@ def worker_build(args, spec) -> dict:
     """Build (or find) the local preset's base folder once, before the timed configurations."""
     import torch
 
-    from maskgate.training import build_local_base
+    from maskgate.model.train import build_local_base
 
     cuda = torch.cuda.is_available()
     t = time.time()
@@ -284,13 +287,13 @@ def worker_build(args, spec) -> dict:
 
 def worker_train(args, spec) -> dict:
     params, warmup, steps = spec["params"], spec["warmup"], spec["steps"]
-    from maskgate.training import resolve_backend
+    from maskgate.model.train import resolve_backend
 
     backend = resolve_backend(params)  # before transformers: unsloth must patch it first
     import torch
     from transformers import TrainerCallback
 
-    from maskgate.training import train
+    from maskgate.model.train import train
 
     marks, losses = {}, []
 
@@ -326,12 +329,12 @@ def worker_score(args, spec) -> dict:
     from peft import get_peft_model
     from transformers import set_seed
 
-    from maskgate import model as M
-    from maskgate import speedups
+    from maskgate.model import qwen as M
+    from maskgate.model import speedups
     from maskgate.prompt import Prompt
-    from maskgate import tables
-    from maskgate.scoring import score
-    from maskgate.training import build_local_base, lora_config, max_length, to_example, train_settings
+    from maskgate.utils import tables
+    from maskgate.model.scoring import score
+    from maskgate.model.train import build_local_base, lora_config, max_length, to_example, train_settings
 
     params, warmup, steps, bs = spec["params"], spec["warmup"], spec["steps"], spec["batch"]
     cuda = torch.cuda.is_available()
@@ -399,8 +402,8 @@ def run_worker(args, name: str, spec: dict, timeout: int) -> dict:
 def measure(args, name: str, cfg: dict, base: dict, rows: list[dict], facts: dict, rate: float | None,
             model_dir: Path, timeout: int) -> dict:
     """Run one configuration and add its derived figures (examples/s, tokens/s, MFU, ...)."""
-    from maskgate import flops
-    from maskgate.training import train_settings
+    from maskgate.model import flops
+    from maskgate.model.train import train_settings
 
     batch = cfg["micro_batch_size"] if cfg["kind"] == "train" else cfg["batch_size"]
     n = (args.warmup + args.steps) * batch

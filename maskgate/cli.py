@@ -6,7 +6,7 @@ import sys
 
 
 def cmd_export(args) -> int:
-    from maskgate.export import export
+    from maskgate.data.export import export
 
     if not (args.rendered.is_dir() and any(args.rendered.glob("*.parquet"))):
         print(f"export: no rendered shards in {args.rendered}; run `dvc repro render` first", file=sys.stderr)
@@ -31,7 +31,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_demo_manifest(args) -> int:
-    from maskgate.demo import gate_manifest
+    from maskgate.data.demo import gate_manifest
 
     path = gate_manifest(args.out, args.images, args.seed)
     print(f"demo-manifest: wrote {len(path.read_text().splitlines())} candidates to {path}; "
@@ -41,7 +41,6 @@ def cmd_demo_manifest(args) -> int:
 
 def cmd_verify(args) -> int:
     from maskgate import gate
-
     single = args.image is not None
     if single == (args.manifest is not None):
         print("verify: give a MANIFEST, or --image with --query and --mask (not both)", file=sys.stderr)
@@ -73,7 +72,7 @@ def scoring_settings(params_path, operating_point) -> tuple[dict, str]:
     recorded in its operating point, else none (the plain forward pass, batch 16)."""
     import json
 
-    from maskgate.params import load_params
+    from maskgate.config import load_params
 
     if params_path.is_file():
         return dict(load_params(params_path).get("evaluate") or {}), str(params_path)
@@ -90,7 +89,6 @@ def verify_one(g, args, threshold: float) -> int:
     from pathlib import Path
 
     from maskgate import gate
-
     specs = [json.loads(m) if m.lstrip().startswith(("{", "[")) else m for m in args.mask]
     text = json.dumps({"image": str(args.image), "query": args.query, "masks": specs})
     try:

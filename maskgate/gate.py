@@ -39,9 +39,10 @@ from typing import Iterator
 
 from PIL import Image
 
-from maskgate import masks, tables
-from maskgate.overlay import Style, decode_image, render_overlay
-from maskgate.validation import BadRow, clean_query
+from maskgate.data import masks
+from maskgate.utils import tables
+from maskgate.render.overlay import Style, decode_image, render_overlay
+from maskgate.data.validation import BadRow, clean_query
 
 SCORES, RESULTS, AUTO_PASS, NEEDS_REVIEW, SUMMARY = (
     "scores.jsonl", "results.jsonl", "auto_pass.jsonl", "needs_review.jsonl", "summary.json")
@@ -153,9 +154,9 @@ class Gate:
     def __init__(self, model_dir: Path, device: str | None = None, speed: dict | None = None):
         """`speed`: the speed keys of params["evaluate"] (merge_adapter, fp8, compile), so the gate
         scores as evaluate does; None scores the base + adapter as loaded."""
-        from maskgate import speedups
+        from maskgate.model import speedups
         from maskgate.prompt import Prompt
-        from maskgate.verifier import load_verifier, read_manifest
+        from maskgate.model.verifier import load_verifier, read_manifest
 
         manifest = read_manifest(model_dir)
         if "render" not in manifest:
@@ -173,8 +174,8 @@ class Gate:
 
         BadLine if the query would not fit the token budget, so one line never fails a whole batch.
         """
-        from maskgate.batching import check_lengths
-        from maskgate.training import to_example
+        from maskgate.model.batching import check_lengths
+        from maskgate.model.train import to_example
 
         ex = to_example({"overlay": overlay(c, self.style), "query": c.query, "label_text": None, "example_id": c.id})
         try:
@@ -185,7 +186,7 @@ class Gate:
 
     def score(self, examples: list, batch_size: int) -> list[float]:
         """P(ACCEPT) of each example (Gate.example's output), in order."""
-        from maskgate.scoring import score
+        from maskgate.model.scoring import score
 
         p = score(self.model, self.processor, self.prompt, examples, self.max_length, batch_size, desc="gate: batch")
         return [float(v) for v in p]

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from maskgate.metrics import PLOT_CSV, PLOT_PNG, save_png
-from maskgate.tables import atomic_dir
+from maskgate.evaluation.metrics import PLOT_CSV, PLOT_PNG, save_png
+from maskgate.utils.tables import atomic_dir
 
 WORKSPACE = "workspace"  # the working tree as it is, uncommitted changes included (DVC's word)
 PLOTS_DIR = "reports/plots"  # the evaluate stage's plots output (dvc.yaml)

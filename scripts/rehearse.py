@@ -63,7 +63,7 @@ def build_random_8b(out: Path, params: dict, quantized: bool) -> tuple[Path, Pat
     """
     import torch
 
-    from maskgate.model import build_tiny, preset_size
+    from maskgate.model.qwen import build_tiny, preset_size
     from maskgate.prompt import Prompt
 
     full = out / "random-8b"

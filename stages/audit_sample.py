@@ -3,9 +3,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from maskgate.audit import write_audit
-from maskgate.audit_sample import audit_records
-from maskgate.params import load_params
+from maskgate.evaluation.audit import write_audit
+from maskgate.evaluation.audit_sample import audit_records
+from maskgate.config import load_params
 from maskgate.prompt import Prompt
 
 

@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from maskgate.params import load_params
+from maskgate.config import load_params
 
 
 def main() -> int:
@@ -19,11 +19,14 @@ def main() -> int:
     args = ap.parse_args()
     params = load_params(args.params)
 
-    from maskgate import evaluate, metrics, speedups, tables
+    from maskgate.evaluation import evaluate
+    from maskgate.evaluation import metrics
+    from maskgate.model import speedups
+    from maskgate.utils import tables
     from maskgate.prompt import Prompt, gate_label
-    from maskgate.tables import write_json
-    from maskgate.training import max_length
-    from maskgate.verifier import load_verifier
+    from maskgate.utils.tables import write_json
+    from maskgate.model.train import max_length
+    from maskgate.model.verifier import load_verifier
 
     cfg = params["evaluate"]
     try:

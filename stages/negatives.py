@@ -3,9 +3,9 @@ opt-in instance kinds (missing_instance, extra_instance) when params.yaml's nega
 import argparse
 import sys
 
-from maskgate.negatives import build
-from maskgate.params import load_params
-from maskgate.tables import write_json
+from maskgate.data.negatives import build
+from maskgate.config import load_params
+from maskgate.utils.tables import write_json
 
 
 def main() -> int:

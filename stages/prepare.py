@@ -2,10 +2,10 @@
 import argparse
 import sys
 
-from maskgate.hub import HubError
-from maskgate.params import load_params
-from maskgate.prepare import TooManyBadRows, prepare
-from maskgate.tables import write_json
+from maskgate.utils.hub import HubError
+from maskgate.config import load_params
+from maskgate.data.prepare import TooManyBadRows, prepare
+from maskgate.utils.tables import write_json
 
 
 def main() -> int:

@@ -2,9 +2,9 @@
 import argparse
 import sys
 
-from maskgate.params import load_params
-from maskgate.render import render
-from maskgate.tables import write_json
+from maskgate.config import load_params
+from maskgate.render.shards import render
+from maskgate.utils.tables import write_json
 
 
 def main() -> int:

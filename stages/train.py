@@ -1,14 +1,14 @@
 """Stage train: a LoRA adapter for the verifier on the rendered train shards (resumes when re-run).
 
-With train.gpus > 1 it relaunches itself under torchrun, one process per GPU (maskgate/launch.py);
+With train.gpus > 1 it relaunches itself under torchrun, one process per GPU (maskgate/model/launch.py);
 started by torchrun or accelerate launch directly, it trains on the processes they started.
 """
 import argparse
 import sys
 
-from maskgate import launch
-from maskgate.params import load_params
-from maskgate.training import (  # imports no ML library: unsloth must come first
+from maskgate.model import launch
+from maskgate.config import load_params
+from maskgate.model.train import (  # imports no ML library: unsloth must come first
     ParamsError, gradient_accumulation, resolve_backend, train_settings, world_size,
 )
 
@@ -37,10 +37,10 @@ def main() -> int:
         return 1
     try:
         backend = resolve_backend(params)  # imports unsloth here, before transformers, when it picks it
-        from maskgate.hub import HubError
-        from maskgate.tables import write_json
-        from maskgate.training import train
-        from maskgate.verifier import write_manifest
+        from maskgate.utils.hub import HubError
+        from maskgate.utils.tables import write_json
+        from maskgate.model.train import train
+        from maskgate.model.verifier import write_manifest
 
         try:
             summary = train(params, args.rendered, args.out, args.checkpoints, args.live, backend=backend)

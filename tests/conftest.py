@@ -8,8 +8,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from maskgate import masks
-
+from maskgate.data import masks
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = ROOT / "samples" / "coco-groups"
 
@@ -92,7 +91,7 @@ def verifier_prompt():
 @pytest.fixture(scope="session")
 def tiny_qwen3vl_dir(tmp_path_factory, verifier_prompt):
     """A folder holding the default tiny Qwen3-VL (seed 0) and its processor, built once per session."""
-    from maskgate.model import build_tiny
+    from maskgate.model.qwen import build_tiny
 
     out = tmp_path_factory.mktemp("tiny_qwen3vl")
     build_tiny(out, verifier_prompt, seed=0)
@@ -105,9 +104,8 @@ def save_tiny_verifier(out: Path, tiny_dir: Path, params: dict, max_length: int 
 
     from peft import LoraConfig, get_peft_model
 
-    from maskgate import model as M
-    from maskgate import verifier
-
+    from maskgate.model import qwen as M
+    from maskgate.model import verifier
     from maskgate.prompt import Prompt
 
     shutil.copytree(tiny_dir, out / "base")

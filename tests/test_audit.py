@@ -1,4 +1,4 @@
-"""maskgate.audit: which cases are picked, in which order, and what the offline report holds."""
+"""maskgate.evaluation.audit: which cases are picked, in which order, and what the offline report holds."""
 import base64
 import csv
 import hashlib
@@ -8,7 +8,7 @@ import re
 import pytest
 from PIL import Image
 
-from maskgate.audit import CSV_COLUMNS, select_audit, write_audit
+from maskgate.evaluation.audit import CSV_COLUMNS, select_audit, write_audit
 from maskgate.prompt import Prompt
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from maskgate import model as M
-from maskgate.batching import IGNORE_INDEX, Example, check_lengths, prompt_text, scoring_batch, training_batch
+from maskgate.model import qwen as M
+from maskgate.model.batching import IGNORE_INDEX, Example, check_lengths, prompt_text, scoring_batch, training_batch
 
 
 @pytest.fixture(scope="module")

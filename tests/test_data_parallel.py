@@ -1,7 +1,7 @@
 """Data-parallel training (train.gpus, torchrun): same steps and losses as one process, rank 0 writes, resume.
 
 On this CPU-only machine the processes are CPU processes talking through gloo: the same Trainer/DDP code
-path as on GPUs, minus NCCL. See maskgate/launch.py.
+path as on GPUs, minus NCCL. See maskgate/model/launch.py.
 """
 import json
 import os
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maskgate import launch, training
+from maskgate.model import launch
+from maskgate.model import train as training
 from test_training import adapter_weights, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ KILLED_WORKER = """
 import os, signal, sys
 from pathlib import Path
 import yaml
-from maskgate import training
+from maskgate.model import train as training
 params_file, rendered, folder, kill_at = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 params = yaml.safe_load(open(params_file))
 backend = training.resolve_backend(params)
@@ -71,13 +72,14 @@ def losses(folder: Path) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    from maskgate import negatives, prepare, render
-
+    from maskgate.data import negatives
+    from maskgate.data import prepare
+    from maskgate.render import shards
     p = dp_params(1)
     work = tmp_path_factory.mktemp("dp_data")
     prepare.prepare(p, work / "prepared")
     negatives.build(work / "prepared", work / "negatives", p["negatives"], p["seed"])
-    render.render(work / "prepared", work / "negatives", work / "rendered", p)
+    shards.render(work / "prepared", work / "negatives", work / "rendered", p)
     return work / "rendered"
 
 

@@ -2,8 +2,10 @@ import json
 import numpy as np
 import pytest
 
-from maskgate import evaluate, tables, verifier
-from maskgate.audit_sample import audit_records
+from maskgate.evaluation import evaluate
+from maskgate.utils import tables
+from maskgate.model import verifier
+from maskgate.evaluation.audit_sample import audit_records
 from tests.test_render import rendered  # noqa: F401  (fixture)
 
 CFG = {"thresholds": [0.5, 0.9], "target_precision": 0.9}
@@ -38,8 +40,8 @@ def test_scores_of_the_loaded_verifier_match_the_trained_one(tiny_verifier, rend
 
     from PIL import Image
 
-    from maskgate.batching import Example
-    from maskgate.scoring import score
+    from maskgate.model.batching import Example
+    from maskgate.model.scoring import score
 
     out, trained = tiny_verifier
     folder, _ = rendered

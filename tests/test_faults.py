@@ -22,7 +22,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from maskgate import negatives, prepare, tables
+from maskgate.data import negatives
+from maskgate.data import prepare
+from maskgate.utils import tables
 from tests.conftest import ROOT, box_mask, jpeg_bytes, make_row, project_params, rle
 
 TRACEBACK = "Traceback (most recent call last)"
@@ -199,8 +201,8 @@ def test_prepare_counts_each_broken_row_under_its_reason(faulty):
 def test_each_broken_row_on_its_own_gets_its_reason(faulty):
     """Row by row (the counts above could hide two rows swapping reasons): each line of the fault file,
     validated alone, is kept if good and skipped under its own reason if broken."""
-    from maskgate import sources
-    from maskgate.validation import validate_all
+    from maskgate.data import sources
+    from maskgate.data.validation import validate_all
 
     source = sources.load_local(faulty["source"])
 
@@ -490,9 +492,8 @@ def tiny_run(tmp_path_factory):
     p = yaml.safe_load(params.read_text())
     prepare.prepare(p, work / "prepared")
     negatives.build(work / "prepared", work / "negatives", p["negatives"], int(p["seed"]))
-    from maskgate import render
-
-    render.render(work / "prepared", work / "negatives", work / "rendered", p)
+    from maskgate.render import shards
+    shards.render(work / "prepared", work / "negatives", work / "rendered", p)
     run = train_stage(params, work / "rendered", work / "straight")
     assert run.returncode == 0, run.stderr[-3000:]
     return {"work": work, "params": params, "rendered": work / "rendered", "straight": work / "straight",
@@ -549,8 +550,7 @@ def test_train_killed_half_way_resumes_from_its_last_checkpoint(tiny_run, tmp_pa
 def test_checkpoint_cut_short_by_a_kill_while_saving_is_not_resumed(tmp_path):
     """The Trainer writes trainer_state.json last: a checkpoint without it (or without safetensors
     weights) is removed, and the run resumes from the one before."""
-    from maskgate import training
-
+    from maskgate.model import train as training
     for step in (2, 4, 6):
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"")
@@ -623,8 +623,7 @@ def test_weights_saved_only_as_pickle_are_refused(tiny_run, tmp_path, what):
 
 def test_remote_code_in_a_model_folder_never_runs(tiny_run, tmp_path):
     """A base folder whose config points at custom code (auto_map): loading it does not import that code."""
-    from maskgate import model as M
-
+    from maskgate.model import qwen as M
     base = copy(tiny_run["straight"] / "verifier" / "base", tmp_path / "base")
     marker = tmp_path / "remote_code_ran"
     (base / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskgate import gate, masks, tables
-from maskgate.overlay import Style
+from maskgate import gate
+from maskgate.data import masks
+from maskgate.utils import tables
+from maskgate.render.overlay import Style
 from tests.conftest import ROOT, box_mask, jpeg_bytes, project_params, save_tiny_verifier
 from tests.test_render import rendered  # noqa: F401  (fixture)
 
@@ -265,7 +267,7 @@ def test_killed_on_a_large_manifest_loses_nothing(tmp_path, small_verifier):
 
 
 def test_demo_manifest_routes_through_the_gate(tmp_path, loaded_gate):
-    from maskgate.demo import gate_manifest
+    from maskgate.data.demo import gate_manifest
 
     manifest = gate_manifest(tmp_path / "demo", n_images=3, seed=0)
     lines = [json.loads(t) for t in manifest.read_text().splitlines()]

@@ -152,7 +152,7 @@ step("fs_glob", lambda: sorted(HfFileSystem().glob(f"datasets/{repo}@{sha}/data/
 
 # the pipeline's own reader, as params.yaml sets it: revision main, train and validation splits
 def pipeline():
-    from maskgate import sources
+    from maskgate.data import sources
     src = sources.load_hub(repo, "main", "train", "validation", "images_resized.zip")
     rows = {role: list(it) for role, it in src.rows.items()}
     return {"roles": src.info["roles"], "commit": src.info["commit"], "rows": {r: len(v) for r, v in rows.items()},
@@ -330,7 +330,7 @@ def sharded():
 step("sharded", sharded)
 
 def maskgate_load():
-    from maskgate import model as M
+    from maskgate.model import qwen as M
     m, p = M.load("qwen3-vl-8b")
     return same_as_folder(m, ARGS["qwen_dir"])
 step("maskgate_load", maskgate_load)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from maskgate import masks
+from maskgate.data import masks
 from tests.conftest import box_mask
 
 

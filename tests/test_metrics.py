@@ -1,4 +1,4 @@
-"""maskgate.metrics on hand-made score sets whose answers are known."""
+"""maskgate.evaluation.metrics on hand-made score sets whose answers are known."""
 import csv
 import hashlib
 import json
@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from sklearn.calibration import calibration_curve
 
-from maskgate import metrics as M
-
+from maskgate.evaluation import metrics as M
 TOP_KEYS = [
     "accuracy",
     "balanced_accuracy",

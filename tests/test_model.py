@@ -9,9 +9,7 @@ import pytest
 import trl
 from PIL import Image
 
-from maskgate import model as M
-
-
+from maskgate.model import qwen as M
 def file_hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
@@ -111,7 +109,7 @@ def test_presets_map_to_hub_ids(tmp_path):
 
 
 def test_the_8b_shape_is_refused_without_a_gpu(tmp_path, verifier_prompt):
-    from maskgate.model import QWEN3_VL_8B_SIZE, TinySize, tiny_config, tiny_processor
+    from maskgate.model.qwen import QWEN3_VL_8B_SIZE, TinySize, tiny_config, tiny_processor
 
     config = tiny_config(TinySize(**QWEN3_VL_8B_SIZE), tiny_processor(verifier_prompt, 2048).tokenizer)
     config.save_pretrained(tmp_path)
@@ -148,7 +146,7 @@ def test_random_8b_preset_has_qwen3_vl_8b_shape(verifier_prompt):
     import torch
     from transformers import Qwen3VLForConditionalGeneration
 
-    from maskgate.model import TinySize, preset_size, tiny_config, tiny_processor
+    from maskgate.model.qwen import TinySize, preset_size, tiny_config, tiny_processor
 
     size = TinySize(**preset_size("random-8b"))
     config = tiny_config(size, tiny_processor(verifier_prompt, size.vocab_size).tokenizer)

@@ -5,7 +5,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from maskgate import masks, metrics, negatives, prepare, tables
+from maskgate.data import masks
+from maskgate.evaluation import metrics
+from maskgate.data import negatives
+from maskgate.data import prepare
+from maskgate.utils import tables
 from tests.conftest import box_mask
 
 CFG = {"per_positive": 4, "hard_fraction": 0.5, "max_iou": 0.9}

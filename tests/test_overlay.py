@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskgate import masks, overlay
+from maskgate.data import masks
+from maskgate.render import overlay
 from tests.conftest import box_mask
 
 STYLE = overlay.Style(size=64, fill_color=(255, 0, 255), fill_alpha=0.5, outline_color=(255, 255, 0),

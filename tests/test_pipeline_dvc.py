@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maskgate import masks, tables
+from maskgate.data import masks
+from maskgate.utils import tables
 from tests.conftest import REALDATA, ROOT
 
 pytestmark = pytest.mark.slow

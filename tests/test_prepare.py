@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from maskgate import prepare, tables
+from maskgate.data import prepare
+from maskgate.utils import tables
 from tests.conftest import jpeg_bytes, make_row, write_local
 
 

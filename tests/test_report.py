@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-from maskgate import metrics
+from maskgate.evaluation import metrics
 from maskgate.report import COMMENT_MARKER, ReportError, write_report
-from maskgate.tables import write_json
+from maskgate.utils.tables import write_json
 from tests.conftest import ROOT, project_params_text
 from tests.test_pipeline_dvc import sh
 

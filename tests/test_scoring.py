@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from maskgate import model as M
-from maskgate.batching import IGNORE_INDEX, Example, prompt_text, training_batch
+from maskgate.model import qwen as M
+from maskgate.model.batching import IGNORE_INDEX, Example, prompt_text, training_batch
 from maskgate.prompt import Prompt
-from maskgate.scoring import answer_first_ids, score
+from maskgate.model.scoring import answer_first_ids, score
 from tests.conftest import project_params
 
 

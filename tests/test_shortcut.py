@@ -1,9 +1,9 @@
-"""maskgate.shortcut: mask features by hand, and the classifier on sets with and without a size shortcut."""
+"""maskgate.evaluation.shortcut: mask features by hand, and the classifier on sets with and without a size shortcut."""
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from maskgate.shortcut import FEATURE_NAMES, fit_shortcut, mask_features, shortcut_auroc
+from maskgate.evaluation.shortcut import FEATURE_NAMES, fit_shortcut, mask_features, shortcut_auroc
 
 
 def enc(m: np.ndarray) -> str:

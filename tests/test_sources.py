@@ -5,7 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from maskgate import demo, sources
+from maskgate.data import demo
+from maskgate.data import sources
 from tests.conftest import box_mask, jpeg_bytes, make_row, rle
 
 ROW = make_row("r0", "a.jpg", "the box", [rle(box_mask(40, 60, 0, 9, 0, 9))], [[0]])

@@ -1,4 +1,4 @@
-from maskgate.split import split_by_image
+from maskgate.data.split import split_by_image
 
 
 def test_split_is_by_image_deterministic_and_sized():

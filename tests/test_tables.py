@@ -1,8 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from maskgate import tables
-
+from maskgate.utils import tables
 SCHEMA = pa.schema([("i", pa.int32())])
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from maskgate import flops, fp8, speedups
-
+from maskgate.model import flops
+from maskgate.model import fp8
+from maskgate.model import speedups
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
@@ -48,8 +49,7 @@ def test_flops_match_a_hand_count():
 
 def test_flops_weights_match_the_real_modules(tiny_qwen3vl_dir):
     """The shape's weight counts equal the weights of the model's own linear layers."""
-    from maskgate import model as M
-
+    from maskgate.model import qwen as M
     model, _ = M.load(tiny_qwen3vl_dir)
     s = flops.Shape.from_config(model.config)
     named = dict(model.named_modules())
@@ -99,8 +99,8 @@ def test_fp8_refuses_trained_or_odd_layers():
 def test_fp8_converts_only_the_frozen_decoder_linears(tiny_qwen3vl_dir, params):
     from peft import get_peft_model
 
-    from maskgate import model as M
-    from maskgate.training import lora_config, train_settings
+    from maskgate.model import qwen as M
+    from maskgate.model.train import lora_config, train_settings
 
     model, _ = M.load(tiny_qwen3vl_dir)
     model = get_peft_model(model, lora_config(train_settings(params)["lora"]))
@@ -114,8 +114,7 @@ def test_fp8_converts_only_the_frozen_decoder_linears(tiny_qwen3vl_dir, params):
 
 
 def test_fp8_and_compile_are_noops_that_say_why_off_cuda(tiny_qwen3vl_dir):
-    from maskgate import model as M
-
+    from maskgate.model import qwen as M
     said = []
     model, _ = M.load(tiny_qwen3vl_dir)
     out = speedups.for_scoring(model, {"merge_adapter": False, "fp8": True, "compile": True, "workers": 0}, "test",
@@ -130,7 +129,7 @@ def test_fp8_and_compile_are_noops_that_say_why_off_cuda(tiny_qwen3vl_dir):
 
 
 def test_train_fp8_is_checked(params):
-    from maskgate.training import ParamsError, train_settings
+    from maskgate.model.train import ParamsError, train_settings
 
     params["train"]["fp8"] = "yes"
     with pytest.raises(ParamsError, match="train.fp8"):
@@ -144,9 +143,9 @@ def test_merged_adapter_and_workers_keep_p_accept(tiny_qwen3vl_dir, verifier_pro
     from peft import LoraConfig, get_peft_model
     from PIL import Image
 
-    from maskgate import model as M
-    from maskgate.batching import Example
-    from maskgate.scoring import score
+    from maskgate.model import qwen as M
+    from maskgate.model.batching import Example
+    from maskgate.model.scoring import score
 
     model, processor = M.load(tiny_qwen3vl_dir)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""maskgate.training: backend choice, batch arithmetic, resume after an interruption, adapter files, curves."""
+"""maskgate.model.train: backend choice, batch arithmetic, resume after an interruption, adapter files, curves."""
 import json
 import os
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maskgate import training
+from maskgate.model import train as training
 from tests.conftest import project_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,13 +34,14 @@ def tiny_params(**train) -> dict:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    from maskgate import negatives, prepare, render
-
+    from maskgate.data import negatives
+    from maskgate.data import prepare
+    from maskgate.render import shards
     p = tiny_params()
     work = tmp_path_factory.mktemp("training_data")
     prepare.prepare(p, work / "prepared")
     negatives.build(work / "prepared", work / "negatives", p["negatives"], p["seed"])
-    render.render(work / "prepared", work / "negatives", work / "rendered", p)
+    shards.render(work / "prepared", work / "negatives", work / "rendered", p)
     return work / "rendered"
 
 
@@ -83,9 +84,9 @@ def test_auto_picks_hf_on_cpu_without_importing_unsloth_or_transformers(tmp_path
     params.write_text(yaml.safe_dump(tiny_params(backend="auto") | {"model": {"preset": "qwen3-vl-8b"}}))
     code = (
         "import sys, yaml\n"
-        "from maskgate import training\n"
+        "from maskgate.model import train as training\n"
         f"p = yaml.safe_load(open({str(params)!r}))\n"
-        "assert 'transformers' not in sys.modules, 'maskgate.training imports transformers at import time'\n"
+        "assert 'transformers' not in sys.modules, 'maskgate.model.train imports transformers at import time'\n"
         "b = training.resolve_backend(p)\n"
         "print(b, 'unsloth' in sys.modules, 'transformers' in sys.modules)\n"
         "p['train']['backend'] = 'unsloth'\n"
@@ -149,9 +150,9 @@ def test_adapter_and_checkpoints_are_safetensors(straight):
 def test_adapter_loads_onto_base_and_scores(straight, rendered):
     from peft import PeftModel
 
-    from maskgate.model import load
+    from maskgate.model.qwen import load
     from maskgate.prompt import Prompt
-    from maskgate.scoring import score
+    from maskgate.model.scoring import score
 
     folder, summary = straight
     p = tiny_params()

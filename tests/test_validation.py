@@ -5,8 +5,8 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from maskgate import sources
-from maskgate.validation import ImageChecker, validate_all
+from maskgate.data import sources
+from maskgate.data.validation import ImageChecker, validate_all
 from tests.conftest import REALDATA, box_mask, jpeg_bytes, make_row, rle, write_local
 
 POOL = [rle(box_mask(40, 60, 2, 12, 2, 14)), rle(box_mask(40, 60, 20, 35, 30, 50))]

@@ -138,9 +138,9 @@ def build_qwen(root: Path, params: dict, model_dir: Path | None = None, repo_id:
     if model_dir is not None:
         link_tree(Path(model_dir), repo)
         return repo
-    from maskgate.model import build_tiny
+    from maskgate.model.qwen import build_tiny
     from maskgate.prompt import Prompt
-    from maskgate.training import local_size
+    from maskgate.model.train import local_size
 
     build_tiny(repo, Prompt.from_params(params), seed=0, **local_size(params, "tiny"))
     return repo

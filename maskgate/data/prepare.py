@@ -13,9 +13,10 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
-from maskgate import sources, tables
-from maskgate.split import split_by_image
-from maskgate.validation import Row, validate_all
+from maskgate.data import sources
+from maskgate.utils import tables
+from maskgate.data.split import split_by_image
+from maskgate.data.validation import Row, validate_all
 
 ROW_SCHEMA = pa.schema([
     ("row_id", pa.string()), ("image", pa.string()), ("query", pa.string()),

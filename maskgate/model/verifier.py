@@ -55,7 +55,7 @@ def load_verifier(model_dir: Path, device: str | None = None):
     import torch
     from peft import PeftModel
 
-    from maskgate import model as M
+    from maskgate.model import qwen as M
     from maskgate.prompt import Prompt
 
     model_dir = Path(model_dir)

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from maskgate import audit, tables
-
-
+from maskgate.evaluation import audit
+from maskgate.utils import tables
 def audit_records(scores_path: Path, rendered: Path, n: int) -> list[dict]:
     """The n cases audit.select_audit picks, joined with their overlay and query."""
     scores = tables.read_table(scores_path)

@@ -44,8 +44,8 @@ import pyarrow as pa
 from pycocotools import mask as coco
 from tqdm import tqdm
 
-from maskgate import masks, tables
-
+from maskgate.data import masks
+from maskgate.utils import tables
 EASY_TRIES = 20  # random draws per wanted easy negative before the row is counted as short
 # The opt-in instance kinds, each with its own random stream (see row_rng) and the counter of rows
 # that cannot make it at all.
@@ -227,7 +227,7 @@ EXAMPLE_SCHEMA = pa.schema([
 
 def build(prepared: Path, out_dir: Path, cfg: dict, seed: int) -> dict:
     """Examples for every split of the prepare output, written as `{split}.parquet`; the report."""
-    from maskgate.prepare import SPLITS, read_rows
+    from maskgate.data.prepare import SPLITS, read_rows
 
     report: dict = {"examples": {}, "kinds": {}, "refused_iou": {}, "filled_with_easy": {}, "short": {}}
     with tables.atomic_dir(out_dir) as tmp:

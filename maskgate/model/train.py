@@ -75,7 +75,7 @@ TRAIN_DEFAULTS: dict = {
     },
     "gradient_checkpointing": False,  # true | false | auto (on except for the tiny preset); off: fastest on 80 GB
     "load_in_4bit": False,  # unsloth backend only: true = QLoRA on the pre-quantised weights
-    # hf backend only: the frozen language-model linears in FP8 (maskgate/fp8.py); a no-op that says why off
+    # hf backend only: the frozen language-model linears in FP8 (maskgate/model/fp8.py); a no-op that says why off
     # CUDA or on GPUs before compute capability 8.9, so the CPU demo runs the same params
     "fp8": False,
     "save_steps": 100,  # optimizer steps between checkpoints (the last step is always saved)
@@ -141,7 +141,7 @@ def gradient_accumulation(batch_size: int, micro_batch_size: int, world: int = 1
 
 def max_length(params: dict, cfg: dict | None = None) -> int:
     """Total token budget of one training sequence: text budget + the image tokens of render.size."""
-    from maskgate.model import image_token_count  # torch + transformers, but only once the backend is chosen
+    from maskgate.model.qwen import image_token_count  # torch + transformers, but only once the backend is chosen
 
     cfg = cfg or train_settings(params)
     return int(cfg["max_text_tokens"]) + image_token_count(int(params["render"]["size"]))
@@ -220,8 +220,7 @@ def load_split(rendered: Path, split: str):
     """The render stage's `{split}-*.parquet` shards as a `datasets.Dataset` (only the columns used)."""
     from datasets import load_dataset
 
-    from maskgate import tables
-
+    from maskgate.utils import tables
     files = sorted(str(p) for p in Path(rendered).glob(f"{split}-*.parquet"))
     if not files:
         raise FileNotFoundError(f"no {split}-*.parquet shards in {rendered}; run the render stage first")
@@ -248,7 +247,7 @@ def to_example(row: dict):
 
     from PIL import Image
 
-    from maskgate.batching import Example
+    from maskgate.model.batching import Example
 
     image = Image.open(io.BytesIO(row["overlay"]))
     image.load()
@@ -262,7 +261,7 @@ class Collator:
         self.processor, self.prompt, self.max_length = processor, prompt, max_length
 
     def __call__(self, rows: list[dict]):
-        from maskgate.batching import training_batch
+        from maskgate.model.batching import training_batch
 
         return training_batch(self.processor, self.prompt, [to_example(r) for r in rows], self.max_length)
 
@@ -273,7 +272,7 @@ class Collator:
 
 def local_size(params: dict, preset: str) -> dict:
     """TinySize fields of a locally built preset (tiny, random-8b): its shape, then params model.tiny."""
-    from maskgate.model import preset_size
+    from maskgate.model.qwen import preset_size
 
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in (params["model"].get("tiny") or {}).items()}
     return preset_size(preset, overrides)
@@ -300,7 +299,7 @@ def build_local_base(params: dict, preset: str, out_dir: Path, device: str, dtyp
     prompt is what a rebuild would write; random-8b takes minutes to draw and 16 GB to write. The folder
     is built under a temporary name and renamed, so a half-written base is never taken for a built one.
     """
-    from maskgate import model as M
+    from maskgate.model import qwen as M
     from maskgate.prompt import Prompt
 
     prompt = Prompt.from_params(params)
@@ -341,9 +340,8 @@ def resolve_base(params: dict, cfg: dict, backend: str, out_dir: Path, device: s
     """
     import torch
 
-    from maskgate import hub
-    from maskgate import model as M
-
+    from maskgate.utils import hub
+    from maskgate.model import qwen as M
     preset = params["model"]["preset"]
     if preset not in M.PRESETS:
         raise ParamsError(f"model.preset must be one of {sorted(M.PRESETS)}, got {preset!r}")
@@ -367,9 +365,8 @@ def load_model(params: dict, cfg: dict, backend: str, base: Base, device: str):
     import torch
     from transformers import set_seed
 
-    from maskgate import hub
-    from maskgate import model as M
-
+    from maskgate.utils import hub
+    from maskgate.model import qwen as M
     preset = params["model"]["preset"]
     seed, lora = int(params["seed"]), cfg["lora"]
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -411,8 +408,7 @@ def load_model(params: dict, cfg: dict, backend: str, base: Base, device: str):
     set_seed(seed)  # LoRA's A matrices are drawn now
     model = get_peft_model(model, lora_config(lora))
     if cfg["fp8"]:  # after peft: it converts the frozen base_layer inside each LoRA layer
-        from maskgate import fp8
-
+        from maskgate.model import fp8
         fp8.apply(model, device, "train")
     if _checkpointing(cfg, preset):
         model.enable_input_require_grads()
@@ -425,7 +421,7 @@ def check_lengths(processor, prompt, datasets_: dict, seq_len: int, image_tokens
     The collator checks each batch too, but a long query found there stops a run hours in (and its resume at
     the same place); this reads only the query and answer columns, so it takes seconds per 100k examples.
     """
-    from maskgate.batching import check_texts
+    from maskgate.model.batching import check_texts
 
     for split, ds in datasets_.items():
         rows = ds.select_columns(["example_id", "query", "label_text"])
@@ -562,7 +558,7 @@ def trainer_class(base):
     from transformers import Trainer
 
     from maskgate.prompt import gate_label
-    from maskgate.scoring import score
+    from maskgate.model.scoring import score
 
     class VerifierTrainer(base):
         def __init__(self, *args, auroc_rows=None, prompt=None, max_length=None, on_score=None, **kwargs):
@@ -646,7 +642,7 @@ def train(
     from dvclive import Live
     from trl import SFTConfig, SFTTrainer
 
-    from maskgate import model as M
+    from maskgate.model import qwen as M
     from maskgate.prompt import Prompt
 
     out_dir, checkpoints, live_dir = Path(out_dir), Path(checkpoints), Path(live_dir)

@@ -17,8 +17,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from maskgate import masks as mask_utils
-
+from maskgate.data import masks as mask_utils
 PAD_COLOR = (114, 114, 114)  # neutral grey: no colour the fill or outline uses
 
 

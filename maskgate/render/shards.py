@@ -18,10 +18,10 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
-from maskgate import tables
-from maskgate.negatives import EXAMPLE_SCHEMA
-from maskgate.overlay import Canvas, Style, decode_image
-from maskgate.prepare import SPLITS
+from maskgate.utils import tables
+from maskgate.data.negatives import EXAMPLE_SCHEMA
+from maskgate.render.overlay import Canvas, Style, decode_image
+from maskgate.data.prepare import SPLITS
 from maskgate.prompt import Prompt
 
 SHARD_SCHEMA = pa.schema(list(EXAMPLE_SCHEMA) + [

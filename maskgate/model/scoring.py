@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from maskgate.batching import Example, answer_ids, scoring_batch
+from maskgate.model.batching import Example, answer_ids, scoring_batch
 from maskgate.prompt import Prompt
 
 

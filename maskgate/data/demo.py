@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from maskgate import masks
-
+from maskgate.data import masks
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 230), "white": (245, 245, 245)}
 SHAPES = ("circle", "square", "triangle")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}

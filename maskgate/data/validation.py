@@ -10,9 +10,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from maskgate import masks
-from maskgate.overlay import decode_image
-from maskgate.sources import ImageMissing, RawError, safe_name
+from maskgate.data import masks
+from maskgate.render.overlay import decode_image
+from maskgate.data.sources import ImageMissing, RawError, safe_name
 
 MAX_QUERY_CHARS = 1000  # far past any real query; longer text is broken input, not a query
 

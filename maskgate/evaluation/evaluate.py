@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from maskgate import metrics, shortcut, tables
+from maskgate.evaluation import metrics
+from maskgate.evaluation import shortcut
+from maskgate.utils import tables
 from maskgate.prompt import Prompt, gate_label
-from maskgate.scoring import score
-from maskgate.training import to_example
+from maskgate.model.scoring import score
+from maskgate.model.train import to_example
 
 SCORE_SCHEMA = pa.schema([("example_id", pa.string()), ("kind", pa.string()), ("label", pa.int8()),
                           ("p_accept", pa.float64())])

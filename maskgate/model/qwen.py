@@ -7,7 +7,7 @@ scores must be the code that runs on the GPU. So the tiny model uses the real tr
 small byte-level BPE tokenizer trained here. Everything is built from a seed, so the same seed and
 sizes give byte-identical files and a DVC stage that builds it is reproducible.
 
-The chat template is `maskgate/qwen3_vl.jinja`, a verbatim copy of trl 1.15's
+The chat template is `maskgate/model/qwen3_vl.jinja`, a verbatim copy of trl 1.15's
 `trl/chat_templates/qwen3_vl.jinja` (the original Qwen3-VL template), shipped as package data so
 the tiny model does not depend on trl's file layout; tests check the copy still matches trl's.
 
@@ -45,7 +45,7 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-from maskgate import hub
+from maskgate.utils import hub
 from maskgate.prompt import Prompt
 
 
@@ -172,7 +172,7 @@ def image_token_count(size: int) -> int:
 
 def chat_template() -> str:
     """The original Qwen3-VL chat template (copied from trl, see the module docstring)."""
-    return resources.files("maskgate").joinpath("qwen3_vl.jinja").read_text(encoding="utf-8")
+    return resources.files("maskgate.model").joinpath("qwen3_vl.jinja").read_text(encoding="utf-8")
 
 
 def mrope_section(head_dim: int) -> list[int]:
@@ -411,7 +411,7 @@ def prompt_tokens(processor, prompt: Prompt) -> dict:
     verifier.json records them at training; a base whose tokenizer gives other ids is refused at loading,
     since the adapter would then read another prompt than it was trained on.
     """
-    from maskgate.batching import answer_ids, prompt_text
+    from maskgate.model.batching import answer_ids, prompt_text
 
     probe = "the two red cars on the left"
     return {"probe_query": probe,

@@ -7,7 +7,7 @@ measured it (BENCHMARKS.md):
   forward pass is the base model's alone, with no LoRA branch beside each projection. Exact up to
   bf16 rounding of the merged weight. Never on a 4-bit (QLoRA) base: merging dequantises, adds and
   re-quantises, so the adapter would be scored on other weights than it was trained on.
-* `fp8`: the language model's decoder linears in FP8 (maskgate.fp8; CUDA with compute capability
+* `fp8`: the language model's decoder linears in FP8 (maskgate.model.fp8; CUDA with compute capability
   8.9 or newer, else a no-op that prints why). Within FP8 rounding.
 * `compile`: `torch.compile` each decoder layer of the language model (dynamic shapes, so batches of
   other lengths do not recompile); the vision tower splits its attention per image with
@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import re
 
-from maskgate import fp8 as fp8_
-
+from maskgate.model import fp8 as fp8_
 SPEED_KEYS = ("merge_adapter", "fp8", "compile", "workers")
 DECODER_LAYER = re.compile(r"(^|\.)language_model\.layers\.\d+$")
 
@@ -68,7 +67,7 @@ def compile_decoder(model, device, where: str, print_fn=print) -> bool:
 
 def for_scoring(model, cfg: dict, where: str = "scoring", print_fn=print):
     """The model (eval mode) with the speed settings of `cfg` (params["evaluate"]) applied; may be a new object."""
-    from maskgate.verifier import is_quantized
+    from maskgate.model.verifier import is_quantized
 
     s = speed_settings(cfg)
     quantized = is_quantized(model)

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from maskgate import demo, hub
-
-
+from maskgate.data import demo
+from maskgate.utils import hub
 @dataclass(frozen=True)
 class RawError:
     """A row that could not be parsed at all: where it was and why."""
@@ -89,7 +88,7 @@ def read_rows_file(path: Path) -> Iterator[dict | RawError]:
     line becomes one counted skip naming its line, instead of failing the whole file.
     """
     if path.suffix == ".parquet":
-        from maskgate.tables import open_parquet
+        from maskgate.utils.tables import open_parquet
         yield from open_parquet(path).read().to_pylist()
         return
     if path.suffix == ".json":

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from maskgate import tables
-from maskgate.prepare import SPLITS
+from maskgate.utils import tables
+from maskgate.data.prepare import SPLITS
 
 COLUMNS = ["example_id", "kind", "system", "user", "label_text", "overlay"]
 
