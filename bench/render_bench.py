@@ -17,7 +17,8 @@ from pathlib import Path
 
 from maskgate.data import negatives
 from maskgate.data import sources
-from maskgate.render.overlay import Style, decode_image, encode_jpeg, letterbox
+from maskgate.render.overlay import Style, encode_jpeg, letterbox
+from maskgate.utils.images import decode_image
 from maskgate.config import load_params
 from maskgate.render.shards import _job, render_image
 from maskgate.data.validation import validate_all

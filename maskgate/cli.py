@@ -49,11 +49,11 @@ def cmd_verify(args) -> int:
         print("verify: --image needs --query and at least one --mask", file=sys.stderr)
         return 2
     try:
-        evaluate, settings_from = scoring_settings(args.params, args.operating_point)
-        batch_size = args.batch_size or int(evaluate.get("batch_size", 16))
+        scoring, settings_from = scoring_settings(args.params, args.operating_point)
+        batch_size = args.batch_size or scoring.batch_size
         print(f"verify: scoring settings from {settings_from}", file=sys.stderr)
         threshold, source = gate.threshold_from(args.operating_point, args.threshold)
-        g = gate.Gate(args.model, args.device, evaluate)
+        g = gate.Gate(args.model, args.device, scoring)
         if single:
             return verify_one(g, args, threshold)
         s = gate.run(args.manifest, args.out, g, threshold, source, batch_size, args.fresh)
@@ -67,20 +67,21 @@ def cmd_verify(args) -> int:
     return 0
 
 
-def scoring_settings(params_path, operating_point) -> tuple[dict, str]:
-    """(params["evaluate"], where from): the params file when it exists, else the settings evaluate
-    recorded in its operating point, else none (the plain forward pass, batch 16)."""
+def scoring_settings(params_path, operating_point):
+    """(speedups.Scoring, where from): the params file's evaluate section when the file exists, else the
+    settings evaluate recorded in its operating point, else speedups.PLAIN."""
     import json
 
-    from maskgate.config import load_params
+    from maskgate import config
+    from maskgate.model.speedups import PLAIN, Scoring
 
     if params_path.is_file():
-        return dict(load_params(params_path).get("evaluate") or {}), str(params_path)
+        return Scoring.of(config.load(params_path).evaluate), str(params_path)
     if operating_point is not None and operating_point.is_file():
         recorded = json.loads(operating_point.read_text()).get("scoring")
         if recorded:
-            return recorded, f"{operating_point} (as evaluate scored)"
-    return {}, "nowhere (no params file, no operating point): the plain forward pass"
+            return Scoring.from_dict(recorded, str(operating_point)), f"{operating_point} (as evaluate scored)"
+    return PLAIN, "nowhere (no params file, no operating point): the plain forward pass"
 
 
 def verify_one(g, args, threshold: float) -> int:
@@ -149,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     vf.add_argument("--out", type=Path, default=Path("gate"), help="output folder for a manifest (default: %(default)s)")
     vf.add_argument("--batch-size", type=int, help="candidates per forward pass (default: evaluate.batch_size, else 16)")
     vf.add_argument("--params", type=Path, default=Path("params.yaml"),
-                    help="its evaluate section sets the batch size and the speed settings (merge_adapter, fp8, "
-                         "compile), so the gate scores as evaluate does; if missing, the settings evaluate recorded "
+                    help="its evaluate section sets the batch size and the speed settings (merge_adapter, "
+                         "compile, workers), so the gate scores as evaluate does; if missing, the settings evaluate recorded "
                          "in --operating-point are used (default: %(default)s)")
     vf.add_argument("--fresh", action="store_true", help="discard earlier scores in --out and start over")
     vf.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")

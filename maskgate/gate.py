@@ -40,9 +40,12 @@ from typing import Iterator
 from PIL import Image
 
 from maskgate.data import masks
-from maskgate.utils import tables
-from maskgate.render.overlay import Style, decode_image, render_overlay
 from maskgate.data.validation import BadRow, clean_query
+from maskgate.model import speedups
+from maskgate.model.speedups import PLAIN, Scoring
+from maskgate.render.overlay import Style, render_overlay
+from maskgate.utils import tables
+from maskgate.utils.images import decode_image
 
 SCORES, RESULTS, AUTO_PASS, NEEDS_REVIEW, SUMMARY = (
     "scores.jsonl", "results.jsonl", "auto_pass.jsonl", "needs_review.jsonl", "summary.json")
@@ -151,23 +154,15 @@ def threshold_from(operating_point: Path | None, threshold: float | None) -> tup
 class Gate:
     """A loaded verifier with the input contract it was trained on (verifier.json)."""
 
-    def __init__(self, model_dir: Path, device: str | None = None, speed: dict | None = None):
-        """`speed`: the speed keys of params["evaluate"] (merge_adapter, fp8, compile), so the gate
-        scores as evaluate does; None scores the base + adapter as loaded."""
-        from maskgate.model import speedups
-        from maskgate.prompt import Prompt
+    def __init__(self, model_dir: Path, device: str | None = None, scoring: Scoring = PLAIN):
+        """`scoring`: evaluate's settings (speedups.Scoring), so the gate scores as evaluate does."""
         from maskgate.model.verifier import load_verifier, read_manifest
 
         manifest = read_manifest(model_dir)
-        if "render" not in manifest:
-            raise ValueError(f"{model_dir}/verifier.json predates the gate (no render/prompt recorded): "
-                             "re-run `dvc repro train`")
-        params = {"render": manifest["render"], "prompt": manifest["prompt"]}
-        self.style, self.prompt = Style.from_params(params), Prompt.from_params(params)
+        self.style, self.prompt = Style.of(manifest["render"]), manifest["prompt"]
         self.max_length = int(manifest["max_length"])
         self.model, self.processor = load_verifier(model_dir, device)
-        if speed:
-            self.model = speedups.for_scoring(self.model, speed, "gate")
+        self.model = speedups.for_scoring(self.model, scoring, "gate")
 
     def example(self, c: Candidate):
         """The model's input for a candidate: its overlay decoded as train and evaluate decode theirs.
@@ -175,7 +170,7 @@ class Gate:
         BadLine if the query would not fit the token budget, so one line never fails a whole batch.
         """
         from maskgate.model.batching import check_lengths
-        from maskgate.model.train import to_example
+        from maskgate.model.batching import to_example
 
         ex = to_example({"overlay": overlay(c, self.style), "query": c.query, "label_text": None, "example_id": c.id})
         try:
@@ -317,8 +312,7 @@ def write_jsonl(records: list[dict], path: Path) -> None:
 
 def verify(manifest: Path, model_dir: Path = Path("models/verifier"), out_dir: Path = Path("gate"),
            operating_point: Path | None = Path("reports/operating_point.json"), threshold: float | None = None,
-           batch_size: int = 16, fresh: bool = False, device: str | None = None, progress: bool = True,
-           speed: dict | None = None) -> dict:
+           scoring: Scoring = PLAIN, fresh: bool = False, device: str | None = None, progress: bool = True) -> dict:
     """The gate from Python: score and route a manifest; returns the summary (see module doc)."""
     t, source = threshold_from(operating_point, threshold)
-    return run(manifest, out_dir, Gate(model_dir, device, speed), t, source, batch_size, fresh, progress)
+    return run(manifest, out_dir, Gate(model_dir, device, scoring), t, source, scoring.batch_size, fresh, progress)

@@ -23,7 +23,8 @@ counts against ACCEPT, never for it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import ConfigDict, StrictStr
+from pydantic.dataclasses import dataclass
 
 ACCEPT_LABEL = 1  # the label of an example whose right answer is answers[0]
 REJECT_LABEL = 0  # ... answers[1]; a label i >= 2 names answers[i]
@@ -37,32 +38,41 @@ def gate_label(label: int) -> int:
     return int(int(label) == ACCEPT_LABEL)
 
 
-@dataclass(frozen=True)
+@dataclass(config=ConfigDict(extra="forbid", frozen=True))
 class Prompt:
-    system: str
-    user: str  # holds a "{query}" placeholder, and "{answers}" where the answers are named
-    answers: tuple[str, ...]  # answers[0] is the positive answer (ACCEPT), answers[1] the negative one
+    """params.yaml's `prompt` section, checked when made (config.Params.prompt, or a verifier.json's copy)."""
 
-    @classmethod
-    def from_params(cls, params: dict) -> "Prompt":
-        p = params["prompt"]
-        answers = tuple(p["answers"])
+    system: StrictStr
+    user: StrictStr  # holds a "{query}" placeholder, and "{answers}" where the answers are named
+    answers: tuple[StrictStr, ...]  # answers[0] is the positive answer (ACCEPT), answers[1] the negative one
+
+    def __post_init__(self):
+        answers = self.answers
         if len(answers) < 2 or len(set(answers)) != len(answers):
-            raise ValueError(f"prompt.answers must list at least two distinct answers, got {answers}")
-        if not all(isinstance(a, str) and a.strip() and a == a.strip() for a in answers):
-            raise ValueError(f"prompt.answers must be words without surrounding spaces, got {answers}")
-        if "{query}" not in p["user"]:
+            raise ValueError(f"prompt.answers must list at least two distinct answers, got {list(answers)}")
+        if not all(a.strip() and a == a.strip() for a in answers):
+            raise ValueError(f"prompt.answers must be words without surrounding spaces, got {list(answers)}")
+        if "{query}" not in self.user:
             raise ValueError("prompt.user must contain the {query} placeholder")
-        prompt = cls(system=p["system"], user=p["user"], answers=answers)
         try:
-            text = prompt.user_text("")
+            text = self.user_text("")
         except (KeyError, IndexError, ValueError) as e:
             raise ValueError(f"prompt.user may hold only the {{query}} and {{answers}} placeholders: {e!r}") from None
         unnamed = [a for a in answers if a not in text]
         if unnamed:
             # the model would be asked for answers it is never told about
             raise ValueError(f"prompt.user does not name the answers {unnamed}: write {{answers}} where they go")
-        return prompt
+
+    @classmethod
+    def from_dict(cls, section: dict) -> "Prompt":
+        """A prompt section as a dict (a verifier.json's copy); ValueError in one line when it is not a prompt."""
+        from pydantic import TypeAdapter, ValidationError
+
+        try:
+            return TypeAdapter(cls).validate_python(section)
+        except ValidationError as e:
+            raise ValueError("; ".join(f"prompt.{'.'.join(map(str, x['loc']))}: {x['msg'].removeprefix('Value error, ')}"
+                                       if x["loc"] else x["msg"].removeprefix("Value error, ") for x in e.errors())) from None
 
     @property
     def accept(self) -> str:

@@ -3,21 +3,21 @@ opt-in instance kinds (missing_instance, extra_instance) when params.yaml's nega
 import argparse
 import sys
 
+from maskgate import config
 from maskgate.data.negatives import build
-from maskgate.config import load_params
 from maskgate.utils.tables import write_json
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--prepared", default="data/prepared")
-    ap.add_argument("--out", default="data/negatives")
-    ap.add_argument("--report", default="reports/negatives.json")
+    ap.add_argument("--prepared", required=True, help="the prepare stage's output (data/prepared)")
+    ap.add_argument("--out", required=True, help="examples per split (data/negatives)")
+    ap.add_argument("--report", required=True, help="counts per kind (reports/negatives.json)")
     args = ap.parse_args()
-    params = load_params(args.params)
     try:
-        report = build(args.prepared, args.out, params["negatives"], int(params["seed"]))
+        p = config.load(args.params)
+        report = build(args.prepared, args.out, p.negatives, p.seed)
     except (OSError, ValueError) as e:  # OSError: data/prepared missing or unreadable
         print(f"negatives failed: {e}", file=sys.stderr)
         return 1

@@ -2,21 +2,21 @@
 import argparse
 import sys
 
-from maskgate.utils.hub import HubError
-from maskgate.config import load_params
+from maskgate import config
 from maskgate.data.prepare import TooManyBadRows, prepare
+from maskgate.utils.hub import HubError
 from maskgate.utils.tables import write_json
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--out", default="data/prepared")
-    ap.add_argument("--report", default="reports/prepare.json")
+    ap.add_argument("--out", required=True, help="prepared rows and images (data/prepared)")
+    ap.add_argument("--report", required=True, help="counts, skips and the source's commit (reports/prepare.json)")
     args = ap.parse_args()
-    params = load_params(args.params)
     try:
-        report = prepare(params, args.out)
+        p = config.load(args.params)
+        report = prepare(p.data, p.prepare, p.seed, args.out)
     except (TooManyBadRows, HubError, OSError, ValueError) as e:  # OSError: missing or unreadable files
         print(f"prepare failed: {e}", file=sys.stderr)
         return 1

@@ -6,53 +6,51 @@ started by torchrun or accelerate launch directly, it trains on the processes th
 import argparse
 import sys
 
+from maskgate import config
 from maskgate.model import launch
-from maskgate.config import load_params
-from maskgate.model.train import (  # imports no ML library: unsloth must come first
-    ParamsError, gradient_accumulation, resolve_backend, train_settings, world_size,
-)
+from maskgate.model.backend import resolve_backend, world_size  # imports no ML library: unsloth must come first
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--rendered", default="data/rendered")
-    ap.add_argument("--out", default="models/verifier", help="adapter (+ tiny base) and verifier.json")
-    ap.add_argument("--checkpoints", default="models/checkpoints", help="kept between runs for resume")
-    ap.add_argument("--live", default="reports/train", help="DVCLive curves")
-    ap.add_argument("--report", default="reports/train.json")
+    ap.add_argument("--rendered", required=True, help="the render stage's shards (data/rendered)")
+    ap.add_argument("--out", required=True, help="adapter (+ local base) and verifier.json (models/verifier)")
+    ap.add_argument("--checkpoints", required=True, help="kept between runs for resume (models/checkpoints)")
+    ap.add_argument("--live", required=True, help="DVCLive curves (reports/train)")
+    ap.add_argument("--report", required=True, help="loss, AUROC and speed, DVC metrics (reports/train.json)")
+    ap.add_argument("--summary", required=True, help="everything about the run (reports/train_summary.json)")
     args = ap.parse_args()
-    params = load_params(args.params)
     try:
-        cfg = train_settings(params)
-        if not launch.launched() and cfg["gpus"] > 1:
-            resolve_backend(params)  # refuses unsloth data-parallel here, before N processes start
-            gradient_accumulation(cfg["batch_size"], cfg["micro_batch_size"], cfg["gpus"])  # fail here, not in N processes
-            launch.check_gpus(cfg["gpus"])
-            launch.relaunch(cfg["gpus"], __file__, sys.argv[1:])  # does not return
-        if launch.launched() and launch.is_main_process() and world_size() != cfg["gpus"]:
-            print(f"train: {world_size()} processes from the launcher (train.gpus {cfg['gpus']} not used)")
-    except (ParamsError, ValueError) as e:
-        print(f"train failed: {e}", file=sys.stderr)
-        return 1
-    try:
-        backend = resolve_backend(params)  # imports unsloth here, before transformers, when it picks it
+        p = config.load(args.params)
+        cfg = p.train
+        if not launch.launched() and cfg.gpus > 1:
+            from maskgate.model.train import gradient_accumulation
+
+            resolve_backend(cfg, p.model.preset)  # refuses unsloth data-parallel here, before N processes start
+            gradient_accumulation(cfg.batch_size, cfg.micro_batch_size, cfg.gpus)  # fail here, not in N processes
+            launch.check_gpus(cfg.gpus)
+            launch.relaunch(cfg.gpus, __file__, sys.argv[1:])  # does not return
+        if launch.launched() and launch.is_main_process() and world_size() != cfg.gpus:
+            print(f"train: {world_size()} processes from the launcher (train.gpus {cfg.gpus} not used)")
+        backend = resolve_backend(cfg, p.model.preset)  # imports unsloth here, before transformers, when it picks it
+        from maskgate.model.train import TrainJob, headline, train
+        from maskgate.model.verifier import write_manifest
         from maskgate.utils.hub import HubError
         from maskgate.utils.tables import write_json
-        from maskgate.model.train import train
-        from maskgate.model.verifier import write_manifest
 
         try:
-            summary = train(params, args.rendered, args.out, args.checkpoints, args.live, backend=backend)
+            summary = train(TrainJob.of(p), args.rendered, args.out, args.checkpoints, args.live, backend=backend)
         except HubError as e:
             raise ValueError(str(e)) from None
-    except (ParamsError, OSError, ValueError) as e:  # OSError: missing shards or base model files
+    except (OSError, ValueError) as e:  # OSError: missing shards or base model files; ParamsError is a ValueError
         print(f"train failed: {e}", file=sys.stderr)
         return 1
     if not launch.is_main_process():  # data-parallel: rank 0 writes the manifest and the report
         return 0
-    write_manifest(args.out, summary, params)
-    write_json(summary, args.report)
+    write_manifest(args.out, summary, p.prompt, p.render)
+    write_json(summary, args.summary)
+    write_json(headline(summary), args.report)
     base = summary["base_model"]
     at = f" at commit {base['revision']}" if base["revision"] else ""
     print(f"train: base {base['repo']}{at}{' (4-bit)' if base['load_in_4bit'] else ''}")

@@ -8,23 +8,34 @@ import pytest
 import yaml
 from PIL import Image
 
+from maskgate import config
 from maskgate.data import masks
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = ROOT / "samples" / "coco-groups"
 
 
-def project_params_text() -> str:
-    """params.yaml as committed: the project's defaults, not what a `dvc exp run` (scripts/demo.sh
-    applies its settings to the workspace) left in the working copy; the file itself outside git."""
-    import subprocess
-
-    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
-    return shown.stdout if shown.returncode == 0 else (ROOT / "params.yaml").read_text()
-
-
 def project_params() -> dict:
-    """A fresh dict of the project's default params (project_params_text)."""
-    return yaml.safe_load(project_params_text())
+    """A fresh dict of the project's params.yaml. After scripts/demo.sh it holds the demo's settings
+    (configs/demo.yaml): a test sets whatever it depends on, and passes in either state."""
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def settings(params: dict) -> config.Params:
+    """A params dict (a test's changed copy) as the typed settings a stage builds from params.yaml."""
+    return config.from_dict(params, "test params")
+
+
+TINY_MODEL = {"preset": "tiny", "revision": "main", "revision_4bit": "main", "tiny": {}}
+
+
+def tiny_train(**changes) -> dict:
+    """A whole train section for a few steps of the tiny model on CPU (no key is left to a default)."""
+    lora = {"r": 4, "alpha": 8, "dropout": 0.1, "targets": ["q_proj", "v_proj", "down_proj"], "modules_to_save": []}
+    return {"backend": "auto", "batch_size": 4, "micro_batch_size": 2, "gpus": 1, "epochs": 1, "warmup_ratio": 0.03,
+            "lr_scheduler": "linear", "weight_decay": 0.0, "max_grad_norm": 1.0, "max_text_tokens": 64, "lora": lora,
+            "gradient_checkpointing": False, "load_in_4bit": False, "save_steps": 2, "keep_checkpoints": 2,
+            "eval_steps": 3, "eval_examples": 8, "logging_steps": 1, "dataloader_workers": 0, "cpu_threads": 0,
+            **changes}
 
 
 @pytest.fixture
@@ -83,9 +94,7 @@ def boxes_dataset(tmp_path):
 @pytest.fixture(scope="session")
 def verifier_prompt():
     """The project's Prompt, from params.yaml."""
-    from maskgate.prompt import Prompt
-
-    return Prompt.from_params(project_params())
+    return settings(project_params()).prompt
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +108,7 @@ def tiny_qwen3vl_dir(tmp_path_factory, verifier_prompt):
 
 
 def save_tiny_verifier(out: Path, tiny_dir: Path, params: dict, max_length: int = 4096):
+    """`params`: a params dict; its prompt and render sections go into verifier.json."""
     """A tiny base with a fresh (non-zero) LoRA adapter, saved the way the train stage saves it."""
     import shutil
 
@@ -106,16 +116,16 @@ def save_tiny_verifier(out: Path, tiny_dir: Path, params: dict, max_length: int 
 
     from maskgate.model import qwen as M
     from maskgate.model import verifier
-    from maskgate.prompt import Prompt
 
+    s = settings(params)
     shutil.copytree(tiny_dir, out / "base")
     base, processor = M.load(out / "base")
     peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     peft.save_pretrained(out / "adapter", safe_serialization=True)
     summary = {"preset": "tiny", "backend": "hf", "max_length": max_length,
                "base_model": {"repo": str(out / "base"), "revision": None, "load_in_4bit": False, "prequantized": False},
-               "prompt_tokens": M.prompt_tokens(processor, Prompt.from_params(params))}
-    verifier.write_manifest(out, summary, params)
+               "prompt_tokens": M.prompt_tokens(processor, s.prompt)}
+    verifier.write_manifest(out, summary, s.prompt, s.render)
     return out, peft
 
 

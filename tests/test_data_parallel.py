@@ -13,9 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from maskgate import config
 from maskgate.model import launch
 from maskgate.model import train as training
-from test_training import adapter_weights, tiny_params
+from maskgate.model.backend import resolve_backend
+from maskgate.model.checkpoints import fingerprint
+from test_training import adapter_weights, job, render_tiny, tiny_params
+from tests.conftest import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,18 +32,19 @@ LOSS_RTOL = 1e-4
 KILLED_WORKER = """
 import os, signal, sys
 from pathlib import Path
-import yaml
+from maskgate import config
 from maskgate.model import train as training
+from maskgate.model.backend import resolve_backend
 params_file, rendered, folder, kill_at = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
-params = yaml.safe_load(open(params_file))
-backend = training.resolve_backend(params)
+p = config.load(params_file)
+backend = resolve_backend(p.train, p.model.preset)
 from transformers import TrainerCallback
 class Kill(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == kill_at and state.is_world_process_zero:
             os.kill(os.getpid(), signal.SIGKILL)
-training.train(params, rendered, folder / "model", folder / "checkpoints", folder / "live", backend=backend,
-               callbacks=[Kill()])
+training.train(training.TrainJob.of(p), rendered, folder / "model", folder / "checkpoints", folder / "live",
+               backend=backend, callbacks=[Kill()])
 """
 
 
@@ -59,7 +64,8 @@ def env() -> dict:
 def stage(params_file: Path, rendered: Path, folder: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "stages/train.py", "--params", str(params_file), "--rendered", str(rendered),
            "--out", str(folder / "model"), "--checkpoints", str(folder / "checkpoints"),
-           "--live", str(folder / "live"), "--report", str(folder / "train.json")]
+           "--live", str(folder / "live"), "--report", str(folder / "train.json"),
+           "--summary", str(folder / "train_summary.json")]
     return subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=ROOT, timeout=600)
 
 
@@ -72,22 +78,14 @@ def losses(folder: Path) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    from maskgate.data import negatives
-    from maskgate.data import prepare
-    from maskgate.render import shards
-    p = dp_params(1)
-    work = tmp_path_factory.mktemp("dp_data")
-    prepare.prepare(p, work / "prepared")
-    negatives.build(work / "prepared", work / "negatives", p["negatives"], p["seed"])
-    shards.render(work / "prepared", work / "negatives", work / "rendered", p)
-    return work / "rendered"
+    return render_tiny(dp_params(1), tmp_path_factory.mktemp("dp_data"))
 
 
 def test_gpus_is_a_positive_integer_left_out_of_the_checkpoint_fingerprint(rendered):
-    with pytest.raises(training.ParamsError, match="train.gpus"):
-        training.train_settings({"train": {"gpus": 0}})
+    with pytest.raises(config.ParamsError, match="train.gpus"):
+        settings(dp_params(0))
     # resuming on another GPU count is allowed: the count does not change what the checkpoints belong to
-    assert training.fingerprint(dp_params(1), rendered, "hf") == training.fingerprint(dp_params(2), rendered, "hf")
+    assert fingerprint(job(dp_params(1)), rendered, "hf") == fingerprint(job(dp_params(2)), rendered, "hf")
 
 
 def test_stage_refuses_a_batch_the_gpus_do_not_divide_before_launching(tmp_path):
@@ -108,7 +106,7 @@ def test_two_processes_match_one_and_resume_after_a_kill_on_either_count(rendere
     n = len(training.load_split(rendered, "train"))
     assert n % 8 == 0, f"{n} train examples: pick demo_images so that they fill whole batches of 8"
     one = tmp_path / "one"
-    ref = training.train(dp_params(1), rendered, one / "model", one / "checkpoints", one / "live", backend="hf")
+    ref = training.train(job(dp_params(1)), rendered, one / "model", one / "checkpoints", one / "live", backend="hf")
     assert ref["batch"] == {"effective": 8, "micro": 2, "accumulation": 4, "world": 1}
 
     p2 = tmp_path / "p2.yaml"
@@ -130,7 +128,7 @@ def test_two_processes_match_one_and_resume_after_a_kill_on_either_count(rendere
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 data-parallel processes" in out.stdout
     assert out.stdout.count(f"train: {ref['global_step']} steps on hf") == 1  # printed by rank 0 only, after its writes
-    summary = json.loads((two / "train.json").read_text())
+    summary = json.loads((two / "train_summary.json").read_text())
     assert summary["batch"] == {"effective": 8, "micro": 2, "accumulation": 2, "world": 2}
     assert summary["resumed_from_step"] == 4
     assert summary["global_step"] == summary["max_steps"] == ref["global_step"]
@@ -147,7 +145,7 @@ def test_two_processes_match_one_and_resume_after_a_kill_on_either_count(rendere
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
 
     # the 2-process checkpoint resumed by 1 process: same end (rng_state.pth is missing, unused without dropout)
-    resumed = training.train(dp_params(1), rendered, switched / "model", switched / "checkpoints", switched / "live",
+    resumed = training.train(job(dp_params(1)), rendered, switched / "model", switched / "checkpoints", switched / "live",
                              backend="hf")
     assert resumed["resumed_from_step"] == 4 and resumed["global_step"] == ref["global_step"]
     a = adapter_weights(switched)
@@ -159,12 +157,12 @@ def test_data_parallel_runs_on_hf_and_refuses_unsloth_before_launching(tmp_path,
     """Unsloth under torchrun failed on Qwen3-VL on two H100s (BENCHMARKS.md): auto picks hf, unsloth is refused."""
     params = dp_params(2)
     params["train"]["backend"] = "auto"
-    assert training.resolve_backend(params) == "hf"
+    assert resolve_backend(settings(params).train, "tiny") == "hf"
     monkeypatch.setenv("WORLD_SIZE", "2")  # started by a launcher, train.gpus left at 1
-    assert training.resolve_backend(dp_params(1)) == "hf"
+    assert resolve_backend(settings(dp_params(1)).train, "tiny") == "hf"
     params["train"]["backend"] = "unsloth"
-    with pytest.raises(training.ParamsError, match="does not run data-parallel"):
-        training.resolve_backend(params)
+    with pytest.raises(config.ParamsError, match="does not run data-parallel"):
+        resolve_backend(settings(params).train, "tiny")
     monkeypatch.delenv("WORLD_SIZE")
     pf = tmp_path / "p.yaml"
     pf.write_text(yaml.safe_dump(params))

@@ -5,7 +5,7 @@ import pytest
 from maskgate.evaluation import evaluate
 from maskgate.utils import tables
 from maskgate.model import verifier
-from maskgate.evaluation.audit_sample import audit_records
+from maskgate.evaluation.audit import audit_records
 from tests.test_render import rendered  # noqa: F401  (fixture)
 
 CFG = {"thresholds": [0.5, 0.9], "target_precision": 0.9}

@@ -23,9 +23,10 @@ import yaml
 from PIL import Image
 
 from maskgate.data import negatives
-from maskgate.data import prepare
+from maskgate.data import prepare, prepared
 from maskgate.utils import tables
-from tests.conftest import ROOT, box_mask, jpeg_bytes, make_row, project_params, rle
+from test_training import render_tiny
+from tests.conftest import ROOT, box_mask, jpeg_bytes, make_row, project_params, rle, settings
 
 TRACEBACK = "Traceback (most recent call last)"
 STAGES = ("prepare", "negatives", "render", "train", "evaluate", "audit_sample")
@@ -261,7 +262,7 @@ def test_zero_size_and_truncated_images_say_so(tmp_path):
 def test_prepare_keeps_good_rows_byte_for_byte(faulty):
     """Kept rows are exactly the good ones: same query, same RLE strings, same image bytes as the source."""
     out, source = faulty["work"] / "prepared", faulty["source"]
-    kept = {r["row_id"]: r for split in ("train", "val") for r in prepare.read_rows(out, split)}
+    kept = {r["row_id"]: r for split in ("train", "val") for r in prepared.read_rows(out, split)}
     good = {r["id"]: r for r in faulty["good"]}
     assert set(kept) == set(good) | {RESCALED["id"]}
     for row_id, row in good.items():
@@ -448,8 +449,9 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
 def test_render_killed_half_way_leaves_no_partial_output_and_reruns_identically(tmp_path):
     params = render_params(tmp_path / "params.yaml")
     p = yaml.safe_load(params.read_text())
-    prepare.prepare(p, tmp_path / "prepared")
-    negatives.build(tmp_path / "prepared", tmp_path / "negatives", p["negatives"], int(p["seed"]))
+    s = settings(p)
+    prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "prepared")
+    negatives.build(tmp_path / "prepared", tmp_path / "negatives", s.negatives, s.seed)
     inputs = ("--params", params, "--prepared", tmp_path / "prepared", "--negatives", tmp_path / "negatives")
 
     ref = stage("render", *inputs, "--out", tmp_path / "reference", "--report", tmp_path / "reference.json")
@@ -490,19 +492,17 @@ def tiny_run(tmp_path_factory):
                           prepare={"val_fraction": 0.34}, negatives={"per_positive": 3},
                           render={"size": 64, "workers": 1}, model={"preset": "tiny"}, lr=1e-3, train=TINY_TRAIN)
     p = yaml.safe_load(params.read_text())
-    prepare.prepare(p, work / "prepared")
-    negatives.build(work / "prepared", work / "negatives", p["negatives"], int(p["seed"]))
-    from maskgate.render import shards
-    shards.render(work / "prepared", work / "negatives", work / "rendered", p)
+    render_tiny(p, work)
     run = train_stage(params, work / "rendered", work / "straight")
     assert run.returncode == 0, run.stderr[-3000:]
     return {"work": work, "params": params, "rendered": work / "rendered", "straight": work / "straight",
-            "report": json.loads((work / "straight" / "train.json").read_text())}
+            "report": json.loads((work / "straight" / "train_summary.json").read_text())}
 
 
 def train_args(params: Path, rendered: Path, folder: Path) -> list:
     return ["--params", params, "--rendered", rendered, "--out", folder / "verifier", "--checkpoints",
-            folder / "checkpoints", "--live", folder / "live", "--report", folder / "train.json"]
+            folder / "checkpoints", "--live", folder / "live", "--report", folder / "train.json",
+            "--summary", folder / "train_summary.json"]
 
 
 def train_stage(params: Path, rendered: Path, folder: Path) -> subprocess.CompletedProcess:
@@ -533,7 +533,7 @@ def test_train_killed_half_way_resumes_from_its_last_checkpoint(tiny_run, tmp_pa
     again = train_stage(tiny_run["params"], tiny_run["rendered"], folder)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"train: resuming from {folder / 'checkpoints' / f'checkpoint-{last}'} (step {last})" in again.stdout
-    resumed = json.loads((folder / "train.json").read_text())
+    resumed = json.loads((folder / "train_summary.json").read_text())
     assert resumed["resumed_from_step"] == last
     assert resumed["global_step"] == resumed["max_steps"] == straight["global_step"]
     # Optimizer, scheduler, RNG and data order come back with the checkpoint: the same adapter as without the kill.
@@ -550,7 +550,8 @@ def test_train_killed_half_way_resumes_from_its_last_checkpoint(tiny_run, tmp_pa
 def test_checkpoint_cut_short_by_a_kill_while_saving_is_not_resumed(tmp_path):
     """The Trainer writes trainer_state.json last: a checkpoint without it (or without safetensors
     weights) is removed, and the run resumes from the one before."""
-    from maskgate.model import train as training
+    from maskgate.model.checkpoints import last_complete_checkpoint
+
     for step in (2, 4, 6):
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"")
@@ -559,7 +560,7 @@ def test_checkpoint_cut_short_by_a_kill_while_saving_is_not_resumed(tmp_path):
     (tmp_path / "checkpoint-4" / "adapter_model.safetensors").unlink()  # weights only as a pickle
     (tmp_path / "checkpoint-4" / "adapter_model.bin").write_bytes(b"")
     said = []
-    assert training.last_complete_checkpoint(tmp_path, said.append) == str(tmp_path / "checkpoint-2")
+    assert last_complete_checkpoint(tmp_path, said.append) == str(tmp_path / "checkpoint-2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
     assert "not saved to the end" in said[0] and "no safetensors weights" in said[1]
 
@@ -576,8 +577,8 @@ def test_train_without_or_with_cut_short_shards(tiny_run, tmp_path):
 
 def test_evaluate_and_audit_sample_without_their_inputs(tiny_run, tmp_path):
     params = tiny_run["params"]
-    out = ["--metrics", tmp_path / "m.json", "--plots", tmp_path / "plots", "--operating-point", tmp_path / "op.json",
-           "--scores", tmp_path / "scores.parquet"]
+    out = ["--metrics", tmp_path / "m.json", "--breakdown", tmp_path / "b.json", "--plots", tmp_path / "plots",
+           "--operating-point", tmp_path / "op.json", "--scores", tmp_path / "scores"]
     p = stage("evaluate", "--params", params, "--rendered", tiny_run["rendered"], "--model", tmp_path / "nope", *out)
     failed(p, "evaluate", "verifier.json not found", "run `dvc repro train`")
     rendered = copy(tiny_run["rendered"], tmp_path / "rendered")
@@ -616,8 +617,8 @@ def test_weights_saved_only_as_pickle_are_refused(tiny_run, tmp_path, what):
         as_pickle(model / "base", "model.safetensors", "pytorch_model.bin")
         words = ("base model folder", "pytorch_model.bin", "loads weights only from safetensors")
     p = stage("evaluate", "--params", tiny_run["params"], "--rendered", tiny_run["rendered"], "--model", model,
-              "--metrics", tmp_path / "m.json", "--plots", tmp_path / "plots", "--operating-point",
-              tmp_path / "op.json", "--scores", tmp_path / "scores.parquet")
+              "--metrics", tmp_path / "m.json", "--breakdown", tmp_path / "b.json", "--plots", tmp_path / "plots",
+              "--operating-point", tmp_path / "op.json", "--scores", tmp_path / "scores")
     failed(p, "evaluate", *words)
 
 
@@ -679,6 +680,6 @@ def test_hub_token_lands_in_no_output_of_a_full_pipeline_run(tmp_path):
         if path.is_file() and ".git/objects" not in path.as_posix():
             assert FAKE_TOKEN.encode() not in path.read_bytes(), path
             searched.add(path.relative_to(repo).as_posix())
-    for must in ("params.yaml", "dvc.lock", "reports/prepare.json", "reports/train.json", "reports/metrics.json",
+    for must in ("params.yaml", "dvc.lock", "reports/prepare.json", "reports/train.json", "reports/train_summary.json", "reports/metrics.json",
                  "models/verifier/verifier.json", "reports/audit/index.html"):
         assert must in searched, must

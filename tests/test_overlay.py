@@ -7,6 +7,7 @@ from PIL import Image
 
 from maskgate.data import masks
 from maskgate.render import overlay
+from maskgate.utils import images
 from tests.conftest import box_mask
 
 STYLE = overlay.Style(size=64, fill_color=(255, 0, 255), fill_alpha=0.5, outline_color=(255, 255, 0),
@@ -63,7 +64,7 @@ def test_size_must_be_multiple_of_32(params):
 def test_transparent_png_is_shown_over_white():
     buf = io.BytesIO()
     Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(buf, format="PNG")
-    assert overlay.decode_image(buf.getvalue()).getpixel((0, 0)) == (255, 255, 255)
+    assert images.decode_image(buf.getvalue()).getpixel((0, 0)) == (255, 255, 255)
 
 
 def test_piece_matches_nearest_scaling_of_the_whole_mask():

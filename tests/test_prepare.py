@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from maskgate.data import prepare
+from maskgate.data import prepare, prepared
 from maskgate.utils import tables
 from tests.conftest import jpeg_bytes, make_row, write_local
 
@@ -12,7 +12,7 @@ def test_prepare_writes_rows_images_and_report(tmp_path, boxes_dataset, params):
     report = prepare.prepare(params, tmp_path / "p")
     assert report["rows_in"] == 12 and sum(report["kept"].values()) == 12 and report["skipped"] == {}
     for split in ("train", "val"):
-        rows = prepare.read_rows(tmp_path / "p", split)
+        rows = prepared.read_rows(tmp_path / "p", split)
         images = {r["image"] for r in tables.iter_shards(tmp_path / "p", f"images-{split}")}
         assert {r["image"] for r in rows} == images
     json.dumps(report)

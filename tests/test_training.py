@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from maskgate import config
+from maskgate.model import checkpoints
 from maskgate.model import train as training
-from tests.conftest import project_params
+from maskgate.model.batching import to_example
+from maskgate.model.train import TrainJob
+from tests.conftest import TINY_MODEL, project_params, settings, tiny_train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,32 +25,35 @@ def tiny_params(**train) -> dict:
     p["prepare"]["val_fraction"] = 0.25
     p["negatives"]["per_positive"] = 3
     p["render"].update(size=64, workers=1)
-    p["model"] = {"preset": "tiny"}
+    p["model"] = dict(TINY_MODEL)
     p["lr"] = 1e-3
-    p["train"] = {
-        "backend": "auto", "batch_size": 4, "micro_batch_size": 2, "epochs": 1, "save_steps": 2, "eval_steps": 3,
-        "eval_examples": 8, "logging_steps": 1, "max_text_tokens": 64,
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "targets": ["q_proj", "v_proj", "down_proj"], "modules_to_save": []},
-        **train,
-    }
+    p["train"] = tiny_train(**train)
     return p
+
+
+def job(params: dict) -> TrainJob:
+    return TrainJob.of(settings(params))
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    from maskgate.data import negatives
-    from maskgate.data import prepare
+    return render_tiny(tiny_params(), tmp_path_factory.mktemp("training_data"))
+
+
+def render_tiny(params: dict, work: Path) -> Path:
+    """prepare, negatives and render of `params` into `work`: the rendered folder."""
+    from maskgate.data import negatives, prepare
     from maskgate.render import shards
-    p = tiny_params()
-    work = tmp_path_factory.mktemp("training_data")
-    prepare.prepare(p, work / "prepared")
-    negatives.build(work / "prepared", work / "negatives", p["negatives"], p["seed"])
-    shards.render(work / "prepared", work / "negatives", work / "rendered", p)
+
+    s = settings(params)
+    prepare.prepare(s.data, s.prepare, s.seed, work / "prepared")
+    negatives.build(work / "prepared", work / "negatives", s.negatives, s.seed)
+    shards.render(work / "prepared", work / "negatives", work / "rendered", s.render, s.prompt)
     return work / "rendered"
 
 
 def run(params, rendered, folder: Path, callbacks=None) -> dict:
-    return training.train(params, rendered, folder / "model", folder / "checkpoints", folder / "live",
+    return training.train(job(params), rendered, folder / "model", folder / "checkpoints", folder / "live",
                           backend="hf", callbacks=callbacks)
 
 
@@ -81,18 +88,19 @@ def adapter_weights(folder: Path) -> dict:
 def test_auto_picks_hf_on_cpu_without_importing_unsloth_or_transformers(tmp_path):
     """In a fresh interpreter, as the train stage runs: no GPU here, so auto -> hf, unsloth never imported."""
     params = tmp_path / "p.yaml"
-    params.write_text(yaml.safe_dump(tiny_params(backend="auto") | {"model": {"preset": "qwen3-vl-8b"}}))
+    params.write_text(yaml.safe_dump(tiny_params(backend="auto") | {"model": dict(TINY_MODEL, preset="qwen3-vl-8b")}))
     code = (
-        "import sys, yaml\n"
+        "import dataclasses, sys\n"
+        "from maskgate import config\n"
         "from maskgate.model import train as training\n"
-        f"p = yaml.safe_load(open({str(params)!r}))\n"
+        "from maskgate.model.backend import resolve_backend\n"
+        f"p = config.load({str(params)!r})\n"
         "assert 'transformers' not in sys.modules, 'maskgate.model.train imports transformers at import time'\n"
-        "b = training.resolve_backend(p)\n"
+        "b = resolve_backend(p.train, p.model.preset)\n"
         "print(b, 'unsloth' in sys.modules, 'transformers' in sys.modules)\n"
-        "p['train']['backend'] = 'unsloth'\n"
         "try:\n"
-        "    training.resolve_backend(p)\n"
-        "except training.ParamsError as e:\n"
+        "    resolve_backend(dataclasses.replace(p.train, backend='unsloth'), p.model.preset)\n"
+        "except config.ParamsError as e:\n"
         "    print('refused', 'unsloth' in sys.modules)\n"
     )
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
@@ -103,29 +111,19 @@ def test_auto_picks_hf_on_cpu_without_importing_unsloth_or_transformers(tmp_path
 def test_effective_batch_must_be_a_multiple_of_micro_batch_times_world(rendered, tmp_path, monkeypatch):
     assert training.gradient_accumulation(64, 8) == 8
     assert training.gradient_accumulation(64, 8, world=2) == 4
-    with pytest.raises(training.ParamsError, match="not a multiple"):
+    with pytest.raises(config.ParamsError, match="not a multiple"):
         training.gradient_accumulation(64, 6)
     monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(training.ParamsError, match=r"batch_size 4 .*micro_batch_size 2 x world size 3"):
+    with pytest.raises(config.ParamsError, match=r"batch_size 4 .*micro_batch_size 2 x world size 3"):
         run(tiny_params(), rendered, tmp_path)
     assert not (tmp_path / "model").exists()  # refused before building anything
 
 
-def test_unknown_or_bad_train_keys_are_errors():
-    with pytest.raises(training.ParamsError, match="unknown train keys"):
-        training.train_settings({"train": {"batchsize": 64}})
-    with pytest.raises(training.ParamsError, match="unknown train.lora keys"):
-        training.train_settings({"train": {"lora": {"rank": 8}}})
-    with pytest.raises(training.ParamsError, match="backend"):
-        training.train_settings({"train": {"backend": "deepspeed"}})
-    assert training.train_settings({})["batch_size"] == 64
-
-
 def test_max_length_is_text_budget_plus_image_tokens():
     p = tiny_params(max_text_tokens=100)
-    assert training.max_length(p) == 100 + 4  # 64 px -> (64/16)^2/4 image tokens
+    assert job(p).max_length == 100 + 4  # 64 px -> (64/16)^2/4 image tokens
     p["render"]["size"] = 672
-    assert training.max_length(p) == 100 + 441
+    assert job(p).max_length == 100 + 441
 
 
 def test_too_long_prompt_is_an_error_not_a_truncation(rendered, tmp_path):
@@ -151,7 +149,6 @@ def test_adapter_loads_onto_base_and_scores(straight, rendered):
     from peft import PeftModel
 
     from maskgate.model.qwen import load
-    from maskgate.prompt import Prompt
     from maskgate.model.scoring import score
 
     folder, summary = straight
@@ -159,8 +156,7 @@ def test_adapter_loads_onto_base_and_scores(straight, rendered):
     base, processor = load(summary["base"])
     model = PeftModel.from_pretrained(base, summary["adapter"])
     rows = training.load_split(rendered, "val").select(range(4))
-    scores = score(model, processor, Prompt.from_params(p), [training.to_example(r) for r in rows],
-                   training.max_length(p))
+    scores = score(model, processor, job(p).prompt, [to_example(r) for r in rows], job(p).max_length)
     assert scores.shape == (4,) and ((0 <= scores) & (scores <= 1)).all()
 
 
@@ -205,9 +201,9 @@ def test_checkpoints_of_other_settings_are_not_resumed(tmp_path):
     (tmp_path / "checkpoint-5").mkdir()
     (tmp_path / "checkpoint-5" / "trainer_state.json").write_text('{"global_step": 5}')
     (tmp_path / "fingerprint.json").write_text(json.dumps({"params": {"lr": 2}}))
-    assert training.prepare_checkpoints(tmp_path, print_fn=lambda *_: None, params={"lr": 1}) is None  # other stamp
+    assert checkpoints.prepare_checkpoints(tmp_path, print_fn=lambda *_: None, params={"lr": 1}) is None  # other stamp
     assert not (tmp_path / "checkpoint-5").exists()
     (tmp_path / "checkpoint-5").mkdir()
     (tmp_path / "checkpoint-5" / "trainer_state.json").write_text('{"global_step": 5}')
     (tmp_path / "checkpoint-5" / "adapter_model.safetensors").write_bytes(b"")
-    assert training.prepare_checkpoints(tmp_path, params={"lr": 1}).endswith("checkpoint-5")  # same stamp: resume
+    assert checkpoints.prepare_checkpoints(tmp_path, params={"lr": 1}).endswith("checkpoint-5")  # same stamp: resume

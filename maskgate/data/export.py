@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from maskgate.utils import tables
-from maskgate.data.prepare import SPLITS
+from maskgate.data.prepared import SPLITS
 
 COLUMNS = ["example_id", "kind", "system", "user", "label_text", "overlay"]
 

@@ -44,6 +44,7 @@ import pyarrow as pa
 from pycocotools import mask as coco
 from tqdm import tqdm
 
+from maskgate.config import Negatives
 from maskgate.data import masks
 from maskgate.utils import tables
 EASY_TRIES = 20  # random draws per wanted easy negative before the row is counted as short
@@ -88,15 +89,9 @@ def row_rng(seed: int, row_id: str, kind: str | None = None) -> np.random.Genera
     return np.random.default_rng(entropy if kind is None else entropy + [_STREAM[kind]])
 
 
-def instance_counts(cfg: dict) -> dict[str, int]:
-    """How many candidates of each instance kind a positive gets (0 = off; absent keys are off)."""
-    out = {}
-    for kind in INSTANCE_KINDS:
-        n = cfg.get(kind, 0)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"negatives.{kind} must be a whole number >= 0 (0 = off), got {n!r}")
-        out[kind] = n
-    return out
+def instance_counts(cfg: Negatives) -> dict[str, int]:
+    """How many candidates of each instance kind a positive gets (0 = off)."""
+    return {kind: getattr(cfg, kind) for kind in INSTANCE_KINDS}
 
 
 def candidates_by_image(rows: list[dict]) -> dict[str, list[Candidate]]:
@@ -117,11 +112,11 @@ def example(row: dict, c: Candidate, kind: str, index: int) -> dict:
     }
 
 
-def negatives_for_row(row: dict, pool: dict[str, list[Candidate]], images: list[str], cfg: dict,
+def negatives_for_row(row: dict, pool: dict[str, list[Candidate]], images: list[str], cfg: Negatives,
                       seed: int, counts: Counter) -> list[dict]:
     """The positive example of `row` followed by its negatives: hard, easy, then the instance kinds."""
     rng = row_rng(seed, row["row_id"])
-    k, max_iou = int(cfg["per_positive"]), float(cfg["max_iou"])
+    k, max_iou = cfg.per_positive, cfg.max_iou
     right = Candidate(row["row_id"], 0, row["image"], row["height"], row["width"], tuple(row["groups"][0]))
     right_union = union_rle(right)
     chosen: list[tuple[Candidate, str]] = []
@@ -137,7 +132,7 @@ def negatives_for_row(row: dict, pool: dict[str, list[Candidate]], images: list[
         chosen.append((c, kind))
         return True
 
-    want_hard = round(k * float(cfg["hard_fraction"]))
+    want_hard = round(k * cfg.hard_fraction)
     same_image = [c for c in pool[row["image"]] if (c.row_id, c.group) != (right.row_id, 0)]
     for i in rng.permutation(len(same_image)):
         if sum(kind == "hard" for _, kind in chosen) == want_hard:
@@ -199,14 +194,8 @@ def instance_options(row: dict, right: Candidate, pool: dict[str, list[Candidate
             for m, c in sources.items()]
 
 
-def make_examples(rows: list[dict], cfg: dict, seed: int, progress=None) -> tuple[list[dict], Counter]:
+def make_examples(rows: list[dict], cfg: Negatives, seed: int, progress=None) -> tuple[list[dict], Counter]:
     """All examples of one split, in row order, and the counts for the report."""
-    k = int(cfg["per_positive"])
-    if not 3 <= k <= 6:
-        raise ValueError(f"negatives.per_positive must be between 3 and 6, got {k}")
-    if not 0.0 <= float(cfg["hard_fraction"]) <= 1.0:
-        raise ValueError(f"negatives.hard_fraction must be in [0, 1], got {cfg['hard_fraction']}")
-    instance_counts(cfg)  # fail on a bad setting before the first row
     pool = candidates_by_image(rows)
     images = sorted(pool)
     counts: Counter = Counter()
@@ -225,9 +214,9 @@ EXAMPLE_SCHEMA = pa.schema([
 ])
 
 
-def build(prepared: Path, out_dir: Path, cfg: dict, seed: int) -> dict:
+def build(prepared: Path, out_dir: Path, cfg: Negatives, seed: int) -> dict:
     """Examples for every split of the prepare output, written as `{split}.parquet`; the report."""
-    from maskgate.data.prepare import SPLITS, read_rows
+    from maskgate.data.prepared import SPLITS, read_rows
 
     report: dict = {"examples": {}, "kinds": {}, "refused_iou": {}, "filled_with_easy": {}, "short": {}}
     with tables.atomic_dir(out_dir) as tmp:

@@ -1,32 +1,19 @@
-"""Validate MaskGroups rows, split them by image, and store rows and image bytes as parquet.
-
-Output folder layout:
-    rows-train.parquet, rows-val.parquet     one record per kept row (see ROW_SCHEMA)
-    images-train-00000.parquet, ...          the original encoded bytes of each kept image
-The images are copied so later stages need nothing but this folder, whatever the source was.
-"""
+"""Validate MaskGroups rows, split them by image, and store rows and image bytes as parquet
+(the folder's layout: maskgate/data/prepared.py)."""
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
-import pyarrow as pa
 from tqdm import tqdm
 
+from maskgate.config import Data, Prepare
 from maskgate.data import sources
+from maskgate.data.prepared import IMAGE_SCHEMA, IMAGES_PER_SHARD, ROW_SCHEMA, SPLITS
 from maskgate.utils import tables
 from maskgate.data.split import split_by_image
 from maskgate.data.validation import Row, validate_all
 
-ROW_SCHEMA = pa.schema([
-    ("row_id", pa.string()), ("image", pa.string()), ("query", pa.string()),
-    ("height", pa.int32()), ("width", pa.int32()), ("groups", pa.list_(pa.list_(pa.string()))),
-])
-IMAGE_SCHEMA = pa.schema([("image", pa.string()), ("bytes", pa.binary())])
-IMAGES_PER_SHARD = 500
-# train and val are split by image from the source's train rows; test holds the source's own evaluation
-# rows (the hub's validation split), never trained on, and is empty when the source has none.
-SPLITS = ("train", "val", "test")
 # Deliberate skips, not broken input: they are reported but do not count towards prepare.max_bad_fraction.
 # mask_ref_query: a kind of row the verifier does not handle yet; image_in_test: a training row on an image
 # of the test split, kept out so no test image is seen in training.
@@ -52,23 +39,22 @@ def row_record(row: Row) -> dict:
             "height": row.height, "width": row.width, "groups": row.groups}
 
 
-def prepare(params: dict, out_dir: Path) -> dict:
+def prepare(data: Data, cfg: Prepare, seed: int, out_dir: Path) -> dict:
     """Run validation and the split; write the output folder; return the report."""
-    cfg = params["prepare"]
-    source = sources.load(params)
+    source = sources.load(data, seed)
     checked, report_in = {}, {}
     for role, raws in source.rows.items():
         with tqdm(desc=f"prepare: validating {role} rows", unit="row") as bar:
-            rows, skipped, stats = validate_all(raws, source.images, cfg["mask_size_mismatch"], progress=bar)
+            rows, skipped, stats = validate_all(raws, source.images, cfg.mask_size_mismatch, progress=bar)
         checked[role] = (rows, skipped, stats)
     test_images = {r.image for r in checked["test"][0]} if "test" in checked else set()
     if test_images:
         exclude_images(checked["train"], test_images)
     for role, (rows, skipped, stats) in checked.items():
-        check_bad_fraction(stats["rows_in"], skipped, float(cfg["max_bad_fraction"]), role)
+        check_bad_fraction(stats["rows_in"], skipped, cfg.max_bad_fraction, role)
         report_in[role] = {"rows_in": stats["rows_in"], "kept": len(rows), "skipped": skipped["counts"],
                            "skipped_examples": skipped["examples"], "masks_rescaled": stats["masks_rescaled"]}
-    side = split_by_image({r.image for r in checked["train"][0]}, float(cfg["val_fraction"]), int(params["seed"]))
+    side = split_by_image({r.image for r in checked["train"][0]}, cfg.val_fraction, seed)
     side.update((image, "test") for image in test_images)
     rows = [r for role_rows, _, _ in checked.values() for r in role_rows]
     with tables.atomic_dir(out_dir) as tmp:
@@ -85,7 +71,7 @@ def prepare(params: dict, out_dir: Path) -> dict:
         for reason, example in r["skipped_examples"].items():
             examples_all.setdefault(reason, example)
     return {
-        "source": {"kind": params["data"]["source"], **source.info},
+        "source": {"kind": data.source, **source.info},
         "rows_in": sum(r["rows_in"] for r in report_in.values()),
         "kept": {s: sum(side[r.image] == s for r in rows) for s in SPLITS},
         "images": {s: sum(v == s for v in side.values()) for s in SPLITS},
@@ -106,6 +92,3 @@ def exclude_images(checked: tuple, images: set[str]) -> None:
         skipped["examples"]["image_in_test"] = f"row {dropped[0].row_id}: image {dropped[0].image} is in the test split"
     rows[:] = out
 
-
-def read_rows(prepared: Path, split: str) -> list[dict]:
-    return tables.read_table(Path(prepared) / f"rows-{split}.parquet")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
+from maskgate.config import Data
 from maskgate.data import demo
 from maskgate.utils import hub
 @dataclass(frozen=True)
@@ -202,13 +203,10 @@ def load_demo(n_images: int, seed: int) -> Source:
     return Source({"train": iter(rows)}, MemoryImages(images), {"demo_images": n_images})
 
 
-def load(params: dict) -> Source:
-    """The rows and image store that params' `data.source` names."""
-    d = params["data"]
-    if d["source"] == "hub":
-        return load_hub(d["hub_repo"], d["hub_revision"], d["hub_train_split"], d["hub_test_split"], d["hub_images"])
-    if d["source"] == "local":
-        return load_local(Path(d["path"]))
-    if d["source"] == "demo":
-        return load_demo(int(d["demo_images"]), int(params["seed"]))
-    raise ValueError(f"data.source must be hub, local or demo, got {d['source']!r}")
+def load(data: Data, seed: int) -> Source:
+    """The rows and image store that `data.source` names."""
+    if data.source == "hub":
+        return load_hub(data.hub_repo, data.hub_revision, data.hub_train_split, data.hub_test_split, data.hub_images)
+    if data.source == "local":
+        return load_local(Path(data.path))
+    return load_demo(data.demo_images, seed)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from maskgate.data import masks
-from maskgate.render.overlay import decode_image
+from maskgate.utils.images import decode_image
 from maskgate.data.sources import ImageMissing, RawError, safe_name
 
 MAX_QUERY_CHARS = 1000  # far past any real query; longer text is broken input, not a query

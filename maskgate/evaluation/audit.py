@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from maskgate.prompt import Prompt, gate_label
+from maskgate.utils import tables
 
 REQUIRED_KEYS = ("example_id", "query", "kind", "label", "p_accept", "image")
 CSV_COLUMNS = ("example_id", "query", "kind", "label", "p_accept", "decision", "correct", "failure_type")
@@ -74,6 +75,21 @@ def select_audit(records: Sequence[dict], n: int, threshold: float = 0.5) -> lis
     accept_half.sort(key=lambda r: (is_correct(r, threshold), -float(r["p_accept"]), str(r["example_id"])))
     reject_half.sort(key=lambda r: (is_correct(r, threshold), float(r["p_accept"]), str(r["example_id"])))
     return accept_half + reject_half
+
+
+def audit_records(scores_path: Path, rendered: Path, n: int) -> list[dict]:
+    """The n cases select_audit picks, joined with their overlay and query."""
+    scores = tables.read_table(scores_path)
+    chosen = select_audit([dict(s, query="", image=b"") for s in scores], n)
+    wanted = {c["example_id"]: c for c in chosen}
+    for r in tables.iter_shards(rendered, "val", ["example_id", "query", "overlay"]):
+        if r["example_id"] in wanted:
+            wanted[r["example_id"]].update(query=r["query"], image=r["overlay"])
+    missing = [c["example_id"] for c in chosen if not c["image"]]
+    if missing:  # scores and shards from different runs: an audit row without its picture is useless
+        raise ValueError(f"{len(missing)} scored examples are not in the val shards of {rendered} "
+                         f"(e.g. {missing[0]!r}): re-run evaluate on these shards")
+    return chosen
 
 
 def _data_uri(image: bytes) -> str:

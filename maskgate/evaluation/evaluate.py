@@ -1,7 +1,8 @@
 """Score the validation split with the trained verifier and measure it as a quality gate.
 
-Outputs (paths passed in by the stage): metrics JSON (DVC metrics), plot data + PNGs, the gate's
-operating point, per-example scores (for audit_sample), and the mask-only shortcut baseline's
+Outputs (paths passed in by the stage): the headline metrics (DVC metrics: what `dvc exp show` puts
+beside the params), every metric by negative kind and threshold (the breakdown), plot data + PNGs, the
+gate's operating point, per-example scores (for audit_sample), and the mask-only shortcut baseline's
 AUROC, which says how much of the score a model could get from mask statistics alone.
 """
 from __future__ import annotations
@@ -11,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from maskgate.evaluation import metrics
-from maskgate.evaluation import shortcut
-from maskgate.utils import tables
-from maskgate.prompt import Prompt, gate_label
+from maskgate.config import Evaluate
+from maskgate.evaluation import metrics, shortcut
+from maskgate.model.batching import to_example
 from maskgate.model.scoring import score
-from maskgate.model.train import to_example
+from maskgate.model.speedups import Scoring
+from maskgate.prompt import Prompt, gate_label
+from maskgate.utils import tables
 
 SCORE_SCHEMA = pa.schema([("example_id", pa.string()), ("kind", pa.string()), ("label", pa.int8()),
                           ("p_accept", pa.float64())])
@@ -60,23 +62,21 @@ def shortcut_baseline(rendered: Path, seed: int) -> float:
     return float(shortcut.shortcut_auroc(xt, yt, xv, yv, seed))
 
 
-def measure(scores: list[dict], cfg: dict) -> tuple[dict, dict]:
+def measure(scores: list[dict], cfg: Evaluate) -> tuple[dict, dict]:
     """The metrics dict and the operating point from per-example scores."""
     labels = np.array([gate_label(s["label"]) for s in scores])  # a BORDERLINE (label 2) is a 0 to the gate
     p = np.array([s["p_accept"] for s in scores])
     kinds = [s["kind"] for s in scores]
-    m = metrics.compute_metrics(labels, p, kinds, [float(t) for t in cfg["thresholds"]],
-                                float(cfg["target_precision"]))
-    point = metrics.operating_point(labels, p, float(cfg["target_precision"]))
+    m = metrics.compute_metrics(labels, p, kinds, cfg.thresholds, cfg.target_precision)
+    point = metrics.operating_point(labels, p, cfg.target_precision)
     return m, point
 
 
-def measure_at(scores: list[dict], cfg: dict, threshold: float) -> dict:
+def measure_at(scores: list[dict], cfg: Evaluate, threshold: float) -> dict:
     """The metrics of another split, and its precision, recall and auto-pass rate at `threshold`."""
     labels = np.array([gate_label(s["label"]) for s in scores])
     p = np.array([s["p_accept"] for s in scores])
-    m = metrics.compute_metrics(labels, p, [s["kind"] for s in scores], [float(t) for t in cfg["thresholds"]],
-                                float(cfg["target_precision"]))
+    m = metrics.compute_metrics(labels, p, [s["kind"] for s in scores], cfg.thresholds, cfg.target_precision)
     m["at_operating_point"] = {"threshold": float(threshold), **metrics.at_threshold(labels, p, threshold)}
     return m
 
@@ -86,3 +86,55 @@ def write_scores(scores: list[dict], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tables.write_table(scores, tmp, SCORE_SCHEMA)
     tmp.replace(path)
+
+
+def headline(breakdown: dict, point: dict) -> dict:
+    """The ten numbers a run is compared by (reports/metrics.json); the breakdown holds the rest."""
+    test = breakdown.get("test") or {}
+    return {
+        "auroc": breakdown["auroc"],
+        "average_precision": breakdown["average_precision"],
+        "accuracy": breakdown["accuracy"],
+        "ece": breakdown["ece"],
+        "threshold": point["threshold"],  # the gate's operating point, chosen on val
+        "recall_at_target_precision": point["recall"],
+        "auto_pass_rate_at_target_precision": point["auto_pass_rate"],
+        "hard_auroc": (breakdown["by_kind"].get("hard") or {}).get("auroc"),
+        "shortcut_auroc": breakdown["shortcut_auroc"],
+        "test_auroc": test.get("auroc"),
+    }
+
+
+def run(cfg: Evaluate, prompt: Prompt, seed: int, rendered: Path, model_dir: Path, scores_dir: Path,
+        metrics_path: Path, breakdown_path: Path, plots: Path, operating_point: Path, print_fn=print) -> dict:
+    """The evaluate stage: score val (and test), measure, write every output; returns the headline metrics."""
+    from maskgate.model import speedups
+    from maskgate.model.verifier import load_verifier, read_manifest
+
+    scoring = Scoring.of(cfg)
+    model, processor = load_verifier(model_dir)
+    model = speedups.for_scoring(model, scoring, "evaluate")
+    max_length = int(read_manifest(model_dir)["max_length"])  # the budget training used
+    scores = {split: score_split(model, processor, prompt, rendered, split, max_length, cfg.batch_size, cfg.workers)
+              for split in ("val", "test") if split == "val" or tables.shard_paths(rendered, split)}
+    breakdown, point = measure(scores["val"], cfg)
+    point["scoring"] = scoring.record()  # the gate's defaults
+    breakdown["shortcut_auroc"] = shortcut_baseline(rendered, seed)
+    if "test" in scores:  # the source's own evaluation rows, measured at the threshold val chose
+        breakdown["test"] = measure_at(scores["test"], cfg, point["threshold"])
+    for split, split_scores in scores.items():
+        write_scores(split_scores, scores_dir / f"{split}.parquet")
+    val = scores["val"]
+    metrics.write_plots([gate_label(s["label"]) for s in val], [s["p_accept"] for s in val], plots,
+                        names=prompt.decision_names)
+    top = headline(breakdown, point)
+    tables.write_json(breakdown, breakdown_path)
+    tables.write_json(top, metrics_path)
+    tables.write_json(point, operating_point)
+    print_fn(f"evaluate: accuracy {top['accuracy']:.3f}, AUROC {top['auroc']}, "
+             f"shortcut AUROC {top['shortcut_auroc']:.3f}; gate threshold {top['threshold']:.3f}")
+    if "test" in breakdown:
+        test = breakdown["test"]
+        print_fn(f"evaluate: test ({test['n']} examples): AUROC {test['auroc']}, at the gate's threshold precision "
+                 f"{test['at_operating_point']['precision']}, auto-pass rate {test['at_operating_point']['auto_pass_rate']}")
+    return top

@@ -19,6 +19,7 @@ A Trainer takes `functools.partial(training_batch, processor, prompt, max_length
 """
 from __future__ import annotations
 
+import io
 from typing import NamedTuple
 
 import torch
@@ -139,3 +140,10 @@ def training_batch(processor, prompt: Prompt, examples: list[Example], max_lengt
 
 def _pad_right(rows: list[torch.Tensor], value: int) -> torch.Tensor:
     return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=value)
+
+
+def to_example(row: dict) -> Example:
+    """A rendered shard row -> an Example (the overlay JPEG decoded): train, evaluate and the gate all decode so."""
+    image = Image.open(io.BytesIO(row["overlay"]))
+    image.load()
+    return Example(image=image.convert("RGB"), query=row["query"], answer=row["label_text"], key=row["example_id"])

@@ -7,8 +7,6 @@ measured it (BENCHMARKS.md):
   forward pass is the base model's alone, with no LoRA branch beside each projection. Exact up to
   bf16 rounding of the merged weight. Never on a 4-bit (QLoRA) base: merging dequantises, adds and
   re-quantises, so the adapter would be scored on other weights than it was trained on.
-* `fp8`: the language model's decoder linears in FP8 (maskgate.model.fp8; CUDA with compute capability
-  8.9 or newer, else a no-op that prints why). Within FP8 rounding.
 * `compile`: `torch.compile` each decoder layer of the language model (dynamic shapes, so batches of
   other lengths do not recompile); the vision tower splits its attention per image with
   data-dependent shapes and stays eager. CUDA only, else a no-op that prints why: on CPU compiling
@@ -17,31 +15,51 @@ measured it (BENCHMARKS.md):
 * `workers` (score's argument, not a model change): batches prepared in worker processes while the
   GPU runs (scoring.batches).
 
-`evaluate.batch_size` is the fifth knob; the largest that fits is usually fastest. The values come
-from params.yaml's `evaluate` section alone: evaluate reads it, records it in the operating point it
-writes, and the gate takes it from there (or from a params file given to it).
+`evaluate.batch_size` is the fourth knob; the largest that fits is usually fastest. Together they are
+`Scoring`. The values come from params.yaml's `evaluate` section alone: evaluate reads it, records it
+in the operating point it writes, and the gate takes it from there (or from a params file given to it).
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
-from maskgate.model import fp8 as fp8_
-SPEED_KEYS = ("merge_adapter", "fp8", "compile", "workers")
+from pydantic import ConfigDict, StrictBool, StrictInt, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from maskgate.config import Evaluate
+
 DECODER_LAYER = re.compile(r"(^|\.)language_model\.layers\.\d+$")
 
 
-def speed_settings(cfg: dict) -> dict:
-    """The speed keys of params["evaluate"]; ValueError on a missing key or a bad value."""
-    missing = [k for k in SPEED_KEYS if k not in cfg]
-    if missing:
-        raise ValueError(f"the evaluate settings lack {missing} (params.yaml's evaluate section lists them)")
-    out = {k: cfg[k] for k in SPEED_KEYS}
-    for key in ("merge_adapter", "fp8", "compile"):
-        if not isinstance(out[key], bool):
-            raise ValueError(f"evaluate.{key} must be true or false, got {out[key]!r}")
-    if not isinstance(out["workers"], int) or out["workers"] < 0:
-        raise ValueError(f"evaluate.workers must be a non-negative integer, got {out['workers']!r}")
-    return out
+@dataclass(config=ConfigDict(extra="forbid", frozen=True))
+class Scoring:
+    """How evaluate scores, and so how the gate scores: the evaluate section's batch size and speed keys."""
+
+    batch_size: StrictInt
+    workers: StrictInt
+    merge_adapter: StrictBool
+    compile: StrictBool
+
+    @classmethod
+    def of(cls, e: Evaluate) -> "Scoring":
+        return cls(**{f.name: getattr(e, f.name) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> "Scoring":
+        """The settings an operating point recorded; ValueError in one line when they are not these keys."""
+        try:
+            return TypeAdapter(cls).validate_python(d)
+        except ValidationError as e:
+            raise ValueError(f"{where}: the recorded scoring settings are not {[f.name for f in dataclasses.fields(cls)]}: "
+                             f"{'; '.join(x['msg'] for x in e.errors())}") from None
+
+    def record(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The gate with no params file and no operating point: base + adapter as loaded, modest batches.
+PLAIN = Scoring(batch_size=16, workers=0, merge_adapter=False, compile=False)
 
 
 def decoder_layers(model) -> list:
@@ -65,13 +83,12 @@ def compile_decoder(model, device, where: str, print_fn=print) -> bool:
     return True
 
 
-def for_scoring(model, cfg: dict, where: str = "scoring", print_fn=print):
-    """The model (eval mode) with the speed settings of `cfg` (params["evaluate"]) applied; may be a new object."""
+def for_scoring(model, s: Scoring, where: str = "scoring", print_fn=print):
+    """The model (eval mode) with the speed settings of `s` applied; may be a new object."""
     from maskgate.model.verifier import is_quantized
 
-    s = speed_settings(cfg)
     quantized = is_quantized(model)
-    if s["merge_adapter"] and hasattr(model, "merge_and_unload"):
+    if s.merge_adapter and hasattr(model, "merge_and_unload"):
         if quantized:
             print_fn(f"{where}: the base is 4-bit (QLoRA): scoring base + adapter unmerged, since merging would "
                      "re-quantise the weights it was trained on")
@@ -79,11 +96,8 @@ def for_scoring(model, cfg: dict, where: str = "scoring", print_fn=print):
             model = model.merge_and_unload()
             print_fn(f"{where}: LoRA adapter merged into the base weights")
     model.eval()
-    if s["fp8"]:
-        model.requires_grad_(False)  # scoring never needs gradients; fp8 converts frozen layers only
-        fp8_.apply(model, model.device, where, print_fn)
-    if s["compile"] and quantized:
+    if s.compile and quantized:
         print_fn(f"{where}: compile is not used on a 4-bit base; running eager")
-    elif s["compile"]:
+    elif s.compile:
         compile_decoder(model, model.device, where, print_fn)
     return model

@@ -14,13 +14,18 @@ from safetensors only, and no remote code runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+
+from maskgate import config
+from maskgate.config import Render
+from maskgate.prompt import Prompt
 
 MANIFEST = "verifier.json"
 
 
-def write_manifest(model_dir: Path, summary: dict, params: dict) -> None:
+def write_manifest(model_dir: Path, summary: dict, prompt: Prompt, render: Render) -> None:
     """verifier.json from the train stage's summary: the base, the adapter, the input contract."""
     model_dir = Path(model_dir)
     base = dict(summary["base_model"])
@@ -28,19 +33,22 @@ def write_manifest(model_dir: Path, summary: dict, params: dict) -> None:
     if src.is_dir() and src.resolve().is_relative_to(model_dir.resolve()):
         base["repo"] = str(src.resolve().relative_to(model_dir.resolve()))  # the folder travels with the model
     manifest = {"preset": summary["preset"], "backend": summary["backend"], "adapter": "adapter",
-                "base": base, "prompt": params["prompt"], "prompt_tokens": summary["prompt_tokens"],
-                "render": params["render"], "max_length": int(summary["max_length"])}
+                "base": base, "prompt": dataclasses.asdict(prompt), "prompt_tokens": summary["prompt_tokens"],
+                "render": dataclasses.asdict(render), "max_length": int(summary["max_length"])}
     (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def read_manifest(model_dir: Path) -> dict:
+    """verifier.json, its `prompt` and `render` as the typed sections they were written from."""
     path = Path(model_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {model_dir} is not a trained verifier (run `dvc repro train`)")
     manifest = json.loads(path.read_text())
-    if not isinstance(manifest.get("base"), dict) or "prompt_tokens" not in manifest:
-        raise ValueError(f"{path} was written by an older maskgate (no base revision or prompt tokens): "
-                         "re-run `dvc repro train`")
+    if not isinstance(manifest.get("base"), dict) or "prompt_tokens" not in manifest or "render" not in manifest:
+        raise ValueError(f"{path} was written by an older maskgate (no base revision, prompt tokens or render "
+                         "settings): re-run `dvc repro train`")
+    manifest["prompt"] = Prompt.from_dict(manifest["prompt"])
+    manifest["render"] = config.from_section(config.Render, manifest["render"], f"{path}: render")
     return manifest
 
 
@@ -56,7 +64,6 @@ def load_verifier(model_dir: Path, device: str | None = None):
     from peft import PeftModel
 
     from maskgate.model import qwen as M
-    from maskgate.prompt import Prompt
 
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
@@ -69,7 +76,7 @@ def load_verifier(model_dir: Path, device: str | None = None):
         raise FileNotFoundError(f"adapter folder {adapter} not found (run `dvc repro train`)")
     M.require_safetensors(adapter, "adapter", "adapter_model.safetensors")  # checked before the base is loaded
     processor = M.load_processor(src, base["revision"])
-    tokens = M.prompt_tokens(processor, Prompt.from_params({"prompt": manifest["prompt"]}))
+    tokens = M.prompt_tokens(processor, manifest["prompt"])
     if tokens != manifest["prompt_tokens"]:
         raise ValueError(f"the tokenizer of {src} (revision {base['revision']}) gives another prompt than the one "
                          f"the adapter in {model_dir} was trained on: score with the base training used")

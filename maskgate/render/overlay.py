@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from maskgate.config import Render
 from maskgate.data import masks as mask_utils
 PAD_COLOR = (114, 114, 114)  # neutral grey: no colour the fill or outline uses
 
@@ -31,27 +32,10 @@ class Style:
     jpeg_quality: int
 
     @classmethod
-    def from_params(cls, params: dict) -> "Style":
-        r = params["render"]
-        if r["size"] % 32:
-            raise ValueError(f"render.size must be a multiple of 32 (Qwen3-VL merges 32 px cells), got {r['size']}")
-        if not 0.0 <= r["fill_alpha"] <= 1.0:
-            raise ValueError(f"render.fill_alpha must be in [0, 1], got {r['fill_alpha']}")
-        return cls(size=int(r["size"]), fill_color=tuple(r["fill_color"]), fill_alpha=float(r["fill_alpha"]),
-                   outline_color=tuple(r["outline_color"]), outline_width=int(r["outline_width"]),
-                   jpeg_quality=int(r["jpeg_quality"]))
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """Decode fully (so truncation shows now, not later) and bring every mode to RGB."""
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # Transparent pixels shown over white, as a viewer would show them.
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(bg, img)
-    return img.convert("RGB")
+    def of(cls, r: Render) -> "Style":
+        """The drawing settings of the render section (its other keys say how the shards are written)."""
+        return cls(size=r.size, fill_color=tuple(r.fill_color), fill_alpha=r.fill_alpha,
+                   outline_color=tuple(r.outline_color), outline_width=r.outline_width, jpeg_quality=r.jpeg_quality)
 
 
 def letterbox_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:

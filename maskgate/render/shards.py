@@ -18,10 +18,12 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
+from maskgate.config import Render
 from maskgate.utils import tables
 from maskgate.data.negatives import EXAMPLE_SCHEMA
-from maskgate.render.overlay import Canvas, Style, decode_image
-from maskgate.data.prepare import SPLITS
+from maskgate.render.overlay import Canvas, Style
+from maskgate.utils.images import decode_image
+from maskgate.data.prepared import SPLITS
 from maskgate.prompt import Prompt
 
 SHARD_SCHEMA = pa.schema(list(EXAMPLE_SCHEMA) + [
@@ -78,18 +80,17 @@ def render_split(prepared: Path, examples: list[dict], split: str, out: Path, st
     return writer.close()
 
 
-def render(prepared: Path, negatives: Path, out_dir: Path, params: dict) -> dict:
+def render(prepared: Path, negatives: Path, out_dir: Path, cfg: Render, prompt: Prompt) -> dict:
     """Render all splits into `{split}-00000.parquet`, ...; return the report."""
-    style, prompt = Style.from_params(params), Prompt.from_params(params)
-    cfg = params["render"]
-    workers = int(cfg["workers"])
+    style = Style.of(cfg)
+    workers = cfg.workers
     report = {"size": style.size, "examples": {}, "shards": {}}
     pool = Pool(workers) if workers > 1 else None
     try:
         with tables.atomic_dir(out_dir) as tmp:
             for split in SPLITS:
                 examples = tables.read_table(Path(negatives) / f"{split}.parquet")
-                paths = render_split(Path(prepared), examples, split, tmp, style, prompt, int(cfg["shard_size"]), pool)
+                paths = render_split(Path(prepared), examples, split, tmp, style, prompt, cfg.shard_size, pool)
                 report["examples"][split] = len(examples)
                 report["shards"][split] = len(paths)
     finally:
