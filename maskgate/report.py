@@ -4,11 +4,12 @@ For pull requests: `maskgate report --base main` compares the workspace (or a co
 DVC experiment) with a base revision and writes, into one folder,
 
 * ``report.md``: ``dvc params diff --md`` and ``dvc metrics diff --md`` (changed values only), then
-  the plots as images linked by relative path, so the folder renders wherever it is uploaded;
+  the plots as images linked by relative path, so the folder renders wherever it is uploaded (the
+  pull-request workflow posts it with ``cml comment update``, which uploads the linked PNGs);
 * ``precision_recall.png`` and ``threshold_sweep.png``: the base and new curves overlaid, drawn from
   the plot data the evaluate stage writes (``reports/plots/*.csv``) as read at each revision;
-* ``comment.md`` (only with ``artifact_url``): the same text for a pull-request comment, where a
-  local image cannot show, with a link to the uploaded folder in place of the images.
+* ``comment.md`` (only with ``artifact_url``): the same text for where the images cannot be
+  uploaded (a comment posted without CML), with a link to the uploaded folder in place of them.
 
 Everything is read from git and the workspace: metrics and plot data are git-tracked
 (``cache: false`` in dvc.yaml), so no DVC remote and no network are needed. The same revisions give
@@ -31,7 +32,7 @@ from maskgate.utils.tables import atomic_dir
 WORKSPACE = "workspace"  # the working tree as it is, uncommitted changes included (DVC's word)
 PLOTS_DIR = "reports/plots"  # the evaluate stage's plots output (dvc.yaml)
 BASE_STYLE, NEW_STYLE = "--", "-"  # line styles of the base's and the new revision's curves
-COMMENT_MARKER = "<!-- maskgate-report -->"  # lets the workflow find and update its own comment
+COMMENT_MARKER = "<!-- maskgate-report -->"  # first line of comment.md: lets a poster find its own comment
 
 
 class ReportError(Exception):

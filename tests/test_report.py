@@ -1,6 +1,8 @@
 """`maskgate report`: params and metrics diffs and overlaid curves between two revisions, offline."""
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from maskgate import cli
 from maskgate.evaluation import metrics
 from maskgate.report import COMMENT_MARKER, ReportError, write_report
 from maskgate.utils.tables import write_json
@@ -107,6 +110,12 @@ def test_report_lists_exactly_the_changed_params_and_metrics(two_commits):
     assert "missing" not in md  # both revisions have every plot-data file
     for png in ("precision_recall.png", "threshold_sweep.png"):
         assert f"]({png})" in md and (repo / "out" / png).read_bytes().startswith(b"\x89PNG")
+    # CML uploads an image found at the link resolved from report.md's folder and silently leaves
+    # any other link as it is: every link is relative and names a PNG of the folder, and every PNG is linked.
+    links = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", md)
+    assert all(not re.match(r"[a-z]+:|/", link) and ".." not in link for link in links), links
+    assert sorted(os.path.normpath(link) for link in links) == sorted(f.name for f in (repo / "out").glob("*.png"))
+    assert all((repo / "out" / link).is_file() for link in links)
     comment = (repo / "out/comment.md").read_text()
     assert comment.startswith(COMMENT_MARKER) and "](https://ci.example/run/1)" in comment and ".png)" not in comment
     assert table_rows(comment, "Metrics") == table_rows(md, "Metrics")
@@ -141,13 +150,79 @@ def test_report_unknown_revision_is_a_clear_error(tmp_path):
         write_report(repo, "workspace", "HEAD", repo / "out")
 
 
-def test_pr_workflow_is_valid_yaml_and_runs_the_report():
-    wf = yaml.safe_load((ROOT / ".github/workflows/pr-report.yml").read_text())
-    assert "pull_request" in wf[True]  # YAML 1.1 reads the key `on` as True
-    assert wf["permissions"]["pull-requests"] == "write"
+WORKFLOW = ROOT / ".github/workflows/pr-report.yml"
+CML_VALUE_OPTIONS = {"--target", "--watermark-title", "--publish-url", "--trigger-file", "--driver", "--repo",
+                     "--token", "--log", "--commit-sha", "--head-sha"}  # the `cml comment` options that take a value
+
+
+def commands(run: str) -> list[list[str]]:
+    """The commands of a step's `run:` script, split as the shell splits them: continuation lines
+    joined, each ${{ expression }} replaced by one word (EXPR_github_base_ref for ${{ github.base_ref }})."""
+    text = re.sub(r"\$\{\{\s*(.*?)\s*\}\}", lambda m: "EXPR_" + re.sub(r"\W+", "_", m.group(1)), run)
+    words = (shlex.split(line, comments=True) for line in text.replace("\\\n", " ").splitlines())
+    return [w for w in words if w]
+
+
+def step_running(steps: list[dict], *prefix: str) -> tuple[int, dict, list[str]]:
+    """(index, step, command) of the one step whose script runs a command starting with `prefix`."""
+    found = [(i, s, c) for i, s in enumerate(steps) for c in commands(s.get("run", "")) if c[:len(prefix)] == list(prefix)]
+    assert len(found) == 1, f"{len(found)} steps run `{' '.join(prefix)}`"
+    return found[0]
+
+
+def cml_file_argument(cmd: list[str]) -> tuple[str, dict[str, str]]:
+    """The markdown file that `cml comment create|update [options] FILE` posts, and its options."""
+    options, files, words = {}, [], iter(cmd[3:])
+    for w in words:
+        if w.startswith("--"):
+            name, eq, value = w.partition("=")
+            options[name] = value if eq else (next(words, "") if name in CML_VALUE_OPTIONS else "true")
+        else:
+            files.append(w)
+    assert len(files) == 1, f"`{shlex.join(cmd)}` posts {files}, not one file"
+    return files[0], options
+
+
+def test_pr_workflow_writes_the_report_and_posts_that_file_with_cml(monkeypatch):
+    text = WORKFLOW.read_text()
+    wf = yaml.safe_load(text)
+    assert list(wf[True]) == ["pull_request"]  # YAML 1.1 reads the key `on` as True
+    assert wf["permissions"] == {"contents": "read", "pull-requests": "write"}
+    assert set(re.findall(r"secrets\.(\w+)", text)) == {"GITHUB_TOKEN"}  # no secret to set up
     steps = [s for job in wf["jobs"].values() for s in job["steps"]]
-    assert any(s.get("with", {}).get("fetch-depth") == 0 for s in steps)
-    assert any("maskgate report --base origin/${{ github.base_ref }}" in s.get("run", "") for s in steps)
+    assert any(s.get("uses", "").startswith("actions/checkout@") and s.get("with", {}).get("fetch-depth") == 0
+               for s in steps)
+
+    # The report step: a `maskgate report` command line that the CLI's own parser accepts.
+    i_report, step, cmd = step_running(steps, "maskgate", "report")
+    assert any(c[:2] == [".", ".venv/bin/activate"] for c in commands(step["run"]))  # where `maskgate` comes from
+    seen = []
+    monkeypatch.setattr(cli, "cmd_report", lambda args: seen.append(args) or 0)
+    try:
+        assert cli.main(cmd[1:]) == 0
+    except SystemExit as exc:  # argparse's answer to an unknown option or a missing value
+        pytest.fail(f"`maskgate report` rejects the workflow's command line `{shlex.join(cmd)}` (exit {exc.code})")
+    (args,) = seen
+    assert args.base == "origin/EXPR_github_base_ref" and args.rev == "workspace"
+    written = Path(os.path.normpath(args.out / "report.md"))
+
+    # The CML step posts that very file (its link paths resolved from the file's folder), once
+    # CML is set up, and later pushes update the same comment, found by its watermark.
+    i_cml, step, cmd = step_running(steps, "cml", "comment")
+    assert cmd[2] == "update" or (cmd[2] == "create" and "--update" in cmd), shlex.join(cmd)
+    posted, options = cml_file_argument(cmd)
+    assert Path(os.path.normpath(Path(step.get("working-directory", ".")) / posted)) == written
+    assert options.get("--watermark-title"), "without a watermark title `update` takes any CML comment"
+    assert options.get("--publish", "true") == "true" and "--no-publish" not in options  # the PNGs are uploaded
+    assert step["env"] == {"REPO_TOKEN": "${{ secrets.GITHUB_TOKEN }}"}
+    setup = [i for i, s in enumerate(steps) if s.get("uses", "").split("@")[0] == "iterative/setup-cml"]
+    assert [steps[i]["uses"] for i in setup] == ["iterative/setup-cml@v2"] and i_report < i_cml and setup[0] < i_cml
+    # A fork's pull request (read-only token) skips CML and keeps the uploaded folder.
+    same_repo = "github.event.pull_request.head.repo.full_name == github.repository"
+    assert step.get("if") == same_repo and steps[setup[0]].get("if") == same_repo
+    uploads = [s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@")]
+    assert len(uploads) == 1 and "if" not in uploads[0]
+    assert Path(uploads[0]["with"]["path"]) == written.parent
 
 
 @pytest.mark.slow
