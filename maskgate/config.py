@@ -64,11 +64,12 @@ class Negatives:
 
     def __post_init__(self):
         if not 3 <= self.per_positive <= 6:
-            raise ValueError(f"negatives.per_positive must be 3..6, got {self.per_positive}")
+            raise ValueError(f"negatives.per_positive must be between 3 and 6, got {self.per_positive}")
         if not 0.0 <= self.hard_fraction <= 1.0:
             raise ValueError(f"negatives.hard_fraction must be in [0, 1], got {self.hard_fraction}")
-        if self.missing_instance < 0 or self.extra_instance < 0:
-            raise ValueError("negatives.missing_instance and negatives.extra_instance must be >= 0 (0 = off)")
+        for kind in ("missing_instance", "extra_instance"):
+            if getattr(self, kind) < 0:
+                raise ValueError(f"negatives.{kind} must be a whole number >= 0 (0 = off), got {getattr(self, kind)}")
 
 
 @dataclass(config=SECTION)
@@ -225,7 +226,7 @@ def read_yaml(path: str | Path) -> dict:
     except OSError as e:
         raise ParamsError(f"params: cannot read {path}: {e.strerror or e}") from None
     except (YAMLError, UnicodeDecodeError) as e:
-        raise ParamsError(f"params: {path} is not valid YAML: {e}") from None
+        raise ParamsError(f"params: {path} is not valid YAML: {' '.join(str(e).split())}") from None  # one line
     if not isinstance(params, dict):
         raise ParamsError(f"params: {path} must hold a mapping of sections, got {type(params).__name__}")
     return params
@@ -236,13 +237,14 @@ def load(path: str | Path = "params.yaml") -> Params:
     return from_dict(read_yaml(path), str(path))
 
 
-def overlay(base: dict, changes: dict) -> dict:
+def overlay(base: dict, changes: dict, prefix: str = "") -> dict:
     """`base` with `changes` (a nested mapping of the keys that differ) applied; unknown keys are errors."""
     out = dict(base)
     for key, value in changes.items():
         if key not in base:
-            raise ParamsError(f"overlay: {key} is not a key of the params it changes")
-        out[key] = overlay(base[key], value) if isinstance(value, dict) and isinstance(base[key], dict) else value
+            raise ParamsError(f"overlay: {prefix}{key} is not a key of the params it changes")
+        deeper = isinstance(value, dict) and isinstance(base[key], dict) and value
+        out[key] = overlay(base[key], value, f"{prefix}{key}.") if deeper else value
     return out
 
 

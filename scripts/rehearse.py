@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -36,23 +35,12 @@ sys.path.insert(0, str(ROOT))
 
 from tests.hub import repos  # noqa: E402  (the repository root on sys.path first)
 from tests.hub.server import serve  # noqa: E402
+from tests.project import committed_params, project_copy  # noqa: E402
 
 UNSLOTH_4BIT_ID = "unsloth/Qwen3-VL-8B-Instruct-unsloth-bnb-4bit"
 GATE_IMAGES = 8  # sample photos in the gate's manifest
 
 
-def project_copy(dest: Path) -> Path:
-    """The project's tracked and new files (no data, no venv) in a fresh git repository with one commit."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dest / f)
-    git = ["git", "-c", "user.name=rehearsal", "-c", "user.email=rehearsal@maskgate.invalid"]
-    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "a fresh clone"]):
-        subprocess.run(git + cmd, cwd=dest, check=True)
-    return dest
 
 
 def build_random_8b(out: Path, params: dict, quantized: bool) -> tuple[Path, Path | None]:
@@ -63,12 +51,12 @@ def build_random_8b(out: Path, params: dict, quantized: bool) -> tuple[Path, Pat
     """
     import torch
 
+    from maskgate import config
     from maskgate.model.qwen import build_tiny, preset_size
-    from maskgate.prompt import Prompt
 
     full = out / "random-8b"
     t = time.time()
-    build_tiny(full, Prompt.from_params(params), seed=0, device="cuda", dtype=torch.bfloat16,
+    build_tiny(full, config.from_dict(params).prompt, seed=0, device="cuda", dtype=torch.bfloat16,
                **preset_size("random-8b"))
     torch.cuda.empty_cache()
     print(f"rehearse: random-8b built in {time.time() - t:.0f} s", flush=True)
@@ -165,7 +153,7 @@ def main() -> int:
     times: dict = {}
     start = time.time()
     hub_root = work / "hub"
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(committed_params())
     repos.build_maskgroups(hub_root)
     if args.random_8b:
         full, four_bit = build_random_8b(work / "models", params, quantized="train.load_in_4bit=true" in args.set)
@@ -178,7 +166,7 @@ def main() -> int:
     server = serve(hub_root)
     print(f"rehearse: local hub at {server.url} (built in {times['build hub']} s)", flush=True)
     try:
-        repo = project_copy(work / "repo")
+        repo = project_copy(work / "repo", committed_params())
         for dotted in args.set:
             set_param(repo / "params.yaml", dotted)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
@@ -212,8 +200,8 @@ def request_kind(path: str) -> str:
 def summarize(repo: Path, work: Path, server, times: dict, wall: float) -> dict:
     """What the run used and gave: the data and base commits, the metrics, the gate's routing, the hub traffic."""
     read = lambda p: json.loads(p.read_text())  # noqa: E731
-    prepare, train = read(repo / "reports/prepare.json"), read(repo / "reports/train.json")
-    metrics, verifier = read(repo / "reports/metrics.json"), read(repo / "models/verifier/verifier.json")
+    prepare, train = read(repo / "reports/prepare.json"), read(repo / "reports/train_summary.json")
+    metrics, verifier = read(repo / "reports/metrics_breakdown.json"), read(repo / "models/verifier/verifier.json")
     gate = read(work / "gate" / "summary.json")
     served = Counter(f"{r['method']} {request_kind(r['path'])}" for r in server.requests)
     return {

@@ -1,14 +1,16 @@
 import json
+
 import numpy as np
 import pytest
 
+from maskgate.config import Evaluate
 from maskgate.evaluation import evaluate
-from maskgate.utils import tables
-from maskgate.model import verifier
 from maskgate.evaluation.audit import audit_records
+from maskgate.model import verifier
+from maskgate.utils import tables
 from tests.test_render import rendered  # noqa: F401  (fixture)
 
-CFG = {"thresholds": [0.5, 0.9], "target_precision": 0.9}
+CFG = Evaluate(batch_size=4, workers=0, merge_adapter=False, compile=False, target_precision=0.9, thresholds=[0.5, 0.9])
 
 
 def test_measure_from_hand_made_scores():
@@ -18,6 +20,10 @@ def test_measure_from_hand_made_scores():
     assert m["auroc"] == 1.0 and m["accuracy"] == pytest.approx(0.8)
     assert set(m["by_kind"]) == {"hard", "easy"}
     assert point["reached"] and point["threshold"] == pytest.approx(0.7)
+    m["shortcut_auroc"] = 0.5
+    top = evaluate.headline(m, point)
+    assert len(top) == 10 and top["hard_auroc"] == m["by_kind"]["hard"]["auroc"] and top["test_auroc"] is None
+    assert top["threshold"] == point["threshold"] and top["auto_pass_rate_at_target_precision"] == point["auto_pass_rate"]
 
 
 def test_manifest_keeps_a_local_base_relative(tiny_verifier):
@@ -70,7 +76,7 @@ def test_audit_records_join_overlays_and_queries(rendered, tmp_path):  # noqa: F
 
 def test_a_base_whose_tokenizer_differs_from_training_is_refused(tiny_verifier):
     out, _ = tiny_verifier
-    manifest = verifier.read_manifest(out)
+    manifest = json.loads((out / verifier.MANIFEST).read_text())
     manifest["prompt_tokens"]["prompt"][3] += 1  # as if the base's tokenizer had changed since training
     (out / verifier.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="gives another prompt than the one"):

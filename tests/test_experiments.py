@@ -17,7 +17,10 @@ def test_two_experiments_side_by_side(two_demo_experiments):
     repo, status_after_first = two_demo_experiments  # `first` (lr 1e-3), then `second` (lr 1e-4)
     assert "up to date" in status_after_first  # a repro after an experiment is a no-op
     metrics = json.loads((repo / "reports/metrics.json").read_text())
-    assert {"accuracy", "auroc", "ece", "shortcut_auroc", "by_kind", "at_threshold"} <= set(metrics)
+    assert set(metrics) == {"auroc", "average_precision", "accuracy", "ece", "threshold", "recall_at_target_precision",
+                            "auto_pass_rate_at_target_precision", "hard_auroc", "shortcut_auroc", "test_auroc"}
+    breakdown = json.loads((repo / "reports/metrics_breakdown.json").read_text())
+    assert {"by_kind", "at_threshold"} <= set(breakdown) and breakdown["auroc"] == metrics["auroc"]
     assert (repo / "reports/audit/index.html").is_file() and (repo / "reports/plots/roc.png").is_file()
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo))
     rows = {e["name"]: e for commit in shown for e in (commit.get("experiments") or [])
@@ -26,4 +29,9 @@ def test_two_experiments_side_by_side(two_demo_experiments):
     lrs = {name: row["data"]["params"]["params.yaml"]["data"]["lr"] for name, row in rows.items()}
     assert lrs["first"] == 1e-3 and lrs["second"] == 1e-4
     for name in ("first", "second"):
-        assert "auroc" in rows[name]["data"]["metrics"]["reports/metrics.json"]["data"]
+        shown_metrics = rows[name]["data"]["metrics"]
+        # what `dvc exp show` puts beside lr: the headline of evaluate and of train, nothing else
+        assert set(shown_metrics) == {"reports/metrics.json", "reports/train.json"}
+        assert "auroc" in shown_metrics["reports/metrics.json"]["data"]
+        assert {"train_loss", "eval_auroc", "examples_per_s"} <= set(shown_metrics["reports/train.json"]["data"])
+        assert sum(len(m["data"]) for m in shown_metrics.values()) <= 20

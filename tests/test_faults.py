@@ -9,6 +9,7 @@ checks it.
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -355,19 +356,41 @@ def copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def dvc_paths(stage_name: str, folder: Path) -> list[str]:
+    """The stage's path arguments as dvc.yaml's cmd has them, under `folder`."""
+    argv = shlex.split(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage_name]["cmd"])[2:]
+    return [str(folder / a) if not a.startswith("--") else a for a in argv]
+
+
 @pytest.mark.parametrize("stage_name", STAGES)
-@pytest.mark.parametrize("fault", ["missing", "not_yaml", "not_a_mapping"])
+@pytest.mark.parametrize("fault", ["missing", "not_yaml", "not_a_mapping", "misspelt_key", "missing_section",
+                                   "missing_key", "wrong_type"])
 def test_params_file_missing_or_broken(tmp_path, stage_name, fault):
+    """Every stage checks the whole file before it reads a single input: one line naming the key and the reason."""
     params = tmp_path / "params.yaml"
+    p = project_params()
     if fault == "not_yaml":
         params.write_text("data:\n  source: [demo\n")
     elif fault == "not_a_mapping":
         params.write_text("- just\n- a list\n")
-    p = stage(stage_name, "--params", params)
-    assert p.returncode == 1
-    assert p.stderr.startswith(f"params: {params}") or p.stderr.startswith(f"params: cannot read {params}")
-    assert {"missing": "cannot read", "not_yaml": "is not valid YAML", "not_a_mapping": "must hold a mapping"}[fault] \
-        in p.stderr
+    elif fault != "missing":
+        if fault == "misspelt_key":  # what `dvc exp run -S evaluate.target_precison=0.9` writes
+            p["evaluate"]["target_precison"] = 0.9
+        elif fault == "missing_section":
+            del p["audit_sample"]
+        elif fault == "missing_key":
+            del p["train"]["lora"]["r"]
+        else:
+            p["render"]["size"] = "672"
+        params.write_text(yaml.safe_dump(p))
+    out = stage(stage_name, "--params", params, *dvc_paths(stage_name, tmp_path))
+    assert out.returncode == 1 and len(out.stderr.splitlines()) == 1, out.stderr
+    says = {"missing": f"params: cannot read {params}", "not_yaml": f"params: {params} is not valid YAML",
+            "not_a_mapping": f"params: {params} must hold a mapping", "misspelt_key": "evaluate.target_precison: unknown key",
+            "missing_section": "audit_sample: missing", "missing_key": "train.lora.r: missing",
+            "wrong_type": "render.size: input should be a valid integer, got '672'"}[fault]
+    assert out.stderr.startswith(f"{stage_name} failed: ") and says in out.stderr, out.stderr
+    assert not any((tmp_path / d).exists() for d in ("data", "models", "reports"))  # nothing written
 
 
 def test_negatives_without_or_with_cut_short_prepare_output(faulty, tmp_path):

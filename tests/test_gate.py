@@ -14,9 +14,10 @@ from PIL import Image
 
 from maskgate import gate
 from maskgate.data import masks
-from maskgate.utils import tables
+from maskgate.model.speedups import Scoring
 from maskgate.render.overlay import Style
-from tests.conftest import ROOT, box_mask, jpeg_bytes, project_params, save_tiny_verifier
+from maskgate.utils import tables
+from tests.conftest import ROOT, box_mask, jpeg_bytes, project_params, save_tiny_verifier, settings
 from tests.test_render import rendered  # noqa: F401  (fixture)
 
 H, W = 40, 60
@@ -98,7 +99,7 @@ def test_bad_masks_say_why(tmp_path, form, message):
 def test_gate_overlay_is_the_render_stage_overlay(rendered, boxes_dataset, params):  # noqa: F811
     """Same image + query + masks through the gate's parsing and drawing: the very bytes render wrote."""
     folder, _ = rendered
-    style = Style.from_params(params)  # the fixture's params: render.size 64
+    style = Style.of(settings(params).render)  # the fixture's params: render.size 64
     rows = list(tables.iter_shards(folder, "train"))
     assert rows
     for r in rows[:12]:
@@ -286,7 +287,7 @@ def test_gate_scores_as_evaluate_does_with_the_speed_settings(tmp_path, small_ve
     manifest = write_manifest(tmp_path / "in", [good(0), good(1, query="the lower box")])
     plain = gate.run(manifest, tmp_path / "plain", loaded_gate, 0.5, "given", progress=False)
     merged = gate.Gate(small_verifier, device="cpu",
-                       speed={"merge_adapter": True, "fp8": False, "compile": False, "workers": 0})
+                       scoring=Scoring(batch_size=16, workers=0, merge_adapter=True, compile=False))
     assert not hasattr(merged.model, "merge_and_unload")  # no peft wrapper left
     fast = gate.run(manifest, tmp_path / "fast", merged, 0.5, "given", progress=False)
     assert plain == fast

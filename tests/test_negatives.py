@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 from collections import Counter
@@ -5,14 +6,17 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from maskgate.data import masks
+from maskgate import config
+from maskgate.config import Negatives
+from maskgate.data import masks, negatives, prepare
 from maskgate.evaluation import metrics
-from maskgate.data import negatives
-from maskgate.data import prepare
 from maskgate.utils import tables
+from tests.conftest import settings
 from tests.conftest import box_mask
 
-CFG = {"per_positive": 4, "hard_fraction": 0.5, "max_iou": 0.9}
+def cfg(**changes) -> Negatives:
+    return Negatives(**{"per_positive": 4, "hard_fraction": 0.5, "max_iou": 0.9, "missing_instance": 0,
+                        "extra_instance": 0, **changes})
 
 
 def row(row_id, image, groups, h=40, w=60):
@@ -40,7 +44,7 @@ def rows():
 
 
 def test_counts_kinds_and_provenance(rows):
-    examples, counts = negatives.make_examples(rows, CFG, seed=0)
+    examples, counts = negatives.make_examples(rows, cfg(), seed=0)
     per_row = Counter(e["row_id"] for e in examples)
     assert set(per_row.values()) == {5}  # 1 positive + 4 negatives each
     for e in examples:
@@ -55,40 +59,40 @@ def test_counts_kinds_and_provenance(rows):
 
 
 def test_no_negative_overlaps_the_right_group(rows):
-    examples, counts = negatives.make_examples(rows, CFG, seed=0)
+    examples, counts = negatives.make_examples(rows, cfg(), seed=0)
     by_row = {}
     for e in examples:
         by_row.setdefault(e["row_id"], []).append(e)
     for exs in by_row.values():
         pos = masks.union(masks.decode_group(exs[0]["masks"], exs[0]["height"], exs[0]["width"]))
         for e in exs[1:]:
-            assert masks.iou(pos, masks.union(masks.decode_group(e["masks"], e["height"], e["width"]))) < CFG["max_iou"]
+            assert masks.iou(pos, masks.union(masks.decode_group(e["masks"], e["height"], e["width"]))) < cfg().max_iou
             assert sorted(e["masks"]) != sorted(exs[0]["masks"])
     assert counts["refused_iou_hard"] > 0  # the near-duplicate groups were met and refused
 
 
 def test_short_rows_are_filled_with_easy(rows):
-    examples, counts = negatives.make_examples(rows, dict(CFG, hard_fraction=1.0), seed=0)
+    examples, counts = negatives.make_examples(rows, cfg(hard_fraction=1.0), seed=0)
     big = [e for e in examples if e["row_id"] == "big"]
     assert [e["kind"] for e in big] == ["positive"] + ["easy"] * 4
     assert counts["filled_with_easy"] >= 4
 
 
 def test_deterministic_and_seeded(rows):
-    a = negatives.make_examples(rows, CFG, seed=0)[0]
-    assert a == negatives.make_examples(rows, CFG, seed=0)[0]
-    assert a != negatives.make_examples(rows, CFG, seed=1)[0]
+    a = negatives.make_examples(rows, cfg(), seed=0)[0]
+    assert a == negatives.make_examples(rows, cfg(), seed=0)[0]
+    assert a != negatives.make_examples(rows, cfg(), seed=1)[0]
 
 
 @pytest.mark.parametrize("k", [2, 7])
 def test_per_positive_range(rows, k):
     with pytest.raises(ValueError, match="between 3 and 6"):
-        negatives.make_examples(rows, dict(CFG, per_positive=k), seed=0)
+        negatives.make_examples(rows, cfg(per_positive=k), seed=0)
 
 
 # ----------------------------------------------------------------------------- instance kinds
 
-INSTANCE_ON = dict(CFG, missing_instance=1, extra_instance=2)
+INSTANCE_ON = cfg(missing_instance=1, extra_instance=2)
 
 
 def digest(examples, counts) -> str:
@@ -110,15 +114,15 @@ def test_defaults_unchanged_by_the_instance_kinds(rows):
     # The digest of this fixture's output at seed 0 made by the code before the instance kinds
     # existed (commit b932c4a): the defaults must still give exactly those examples and counts.
     before = "c2e59c27accad7d42f95d911c6c5e86e7d921e0889c47fbd7a33b58f3e2f7f62"
-    assert digest(*negatives.make_examples(rows, CFG, seed=0)) == before
-    assert digest(*negatives.make_examples(rows, dict(CFG, missing_instance=0, extra_instance=0), seed=0)) == before
+    assert digest(*negatives.make_examples(rows, cfg(), seed=0)) == before
+    assert digest(*negatives.make_examples(rows, cfg(missing_instance=0, extra_instance=0), seed=0)) == before
 
 
 def test_instance_kinds_leave_hard_and_easy_as_they_were(rows):
-    off = negatives.make_examples(rows, CFG, seed=0)[0]
+    off = negatives.make_examples(rows, cfg(), seed=0)[0]
     on = negatives.make_examples(rows, INSTANCE_ON, seed=0)[0]
     assert [e for e in on if e["kind"] in ("positive", "hard", "easy")] == off
-    only_missing = negatives.make_examples(rows, dict(CFG, missing_instance=1), seed=0)[0]
+    only_missing = negatives.make_examples(rows, cfg(missing_instance=1), seed=0)[0]
     missing = [e for e in on if e["kind"] == "missing_instance"]
     assert missing == [e for e in only_missing if e["kind"] == "missing_instance"]
 
@@ -131,7 +135,7 @@ def test_missing_instance_is_a_strict_subset_and_single_mask_rows_are_counted(ro
         right = by_row(examples)[e["row_id"]][0]
         assert set(e["masks"]) < set(right["masks"]) and len(e["masks"]) == len(right["masks"]) - 1
         assert e["label"] == 0 and (e["source_row_id"], e["source_group"]) == (e["row_id"], 0)
-        assert masks.iou(union(e), union(right)) < CFG["max_iou"]
+        assert masks.iou(union(e), union(right)) < cfg().max_iou
     assert counts["single_mask_group"] == sum(len(r["groups"][0]) == 1 for r in rows) == 16
     assert counts["short_missing_instance"] == 0
 
@@ -147,7 +151,7 @@ def test_extra_instance_adds_one_mask_of_the_same_image(rows):
         assert set(e["masks"]) > set(right["masks"]) and len(added) == 1
         src = source[e["source_row_id"]]
         assert src["image"] == e["image"] and added <= set(src["groups"][e["source_group"]])
-        assert masks.iou(union(e), union(right)) < CFG["max_iou"]
+        assert masks.iou(union(e), union(right)) < cfg().max_iou
     assert counts["no_other_mask"] == 1  # "big"
     # adding i{i}-d's near copy of i{i}-a's box to i{i}-a changes almost no pixel: refused, counted
     assert counts["refused_iou_extra_instance"] >= 5
@@ -159,7 +163,7 @@ def test_instance_kinds_obey_max_iou_and_count_each_instance_once():
     near[30, 0] = True
     rows = [row("bt", "img0", [[big, tiny]]), row("twice", "img1", [[big, big]]),
             row("near", "img1", [[near]]), row("other", "img2", [[box_mask(40, 60, 5, 9, 50, 58)]])]
-    examples, counts = negatives.make_examples(rows, dict(CFG, missing_instance=2, extra_instance=1), seed=0)
+    examples, counts = negatives.make_examples(rows, cfg(missing_instance=2, extra_instance=1), seed=0)
     missing = [e for e in examples if e["kind"] == "missing_instance"]
     # "bt" without the tiny box is the right group's picture: refused; without the big one it is kept
     assert [(e["row_id"], e["masks"]) for e in missing] == [("bt", [masks.encode(tiny)])]
@@ -185,9 +189,10 @@ def test_instance_kinds_are_seeded_per_row(rows):
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
-def test_instance_settings_are_checked(rows, bad):
-    with pytest.raises(ValueError, match="negatives.missing_instance must be a whole number"):
-        negatives.make_examples(rows, dict(CFG, missing_instance=bad), seed=0)
+def test_instance_settings_are_checked(params, bad):
+    params["negatives"]["missing_instance"] = bad
+    with pytest.raises(config.ParamsError, match=r"^test params: negatives\.missing_instance"):
+        settings(params)
 
 
 def test_by_kind_reports_the_instance_kinds(rows):
@@ -207,15 +212,15 @@ def stage_outputs(prepared, out, cfg):
 
 def test_stage_output_and_report(tmp_path, boxes_dataset, params):
     params["data"].update(source="local", path=str(boxes_dataset))
-    prepare.prepare(params, tmp_path / "prepared")
-    default = {k: params["negatives"][k] for k in ("per_positive", "hard_fraction", "max_iou")}
-    assert params["negatives"]["missing_instance"] == params["negatives"]["extra_instance"] == 0  # off by default
+    s = settings(params)
+    prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "prepared")
+    assert s.negatives.missing_instance == s.negatives.extra_instance == 0  # off in params.yaml
 
-    before = stage_outputs(tmp_path / "prepared", tmp_path / "a", default)
-    assert stage_outputs(tmp_path / "prepared", tmp_path / "b", params["negatives"]) == before  # byte-identical
+    before = stage_outputs(tmp_path / "prepared", tmp_path / "a", s.negatives)
+    assert stage_outputs(tmp_path / "prepared", tmp_path / "b", s.negatives) == before  # byte-identical
     assert set(before[0]) == {"examples", "kinds", "refused_iou", "filled_with_easy", "short"}
 
-    on = dict(params["negatives"], missing_instance=1, extra_instance=1)
+    on = dataclasses.replace(s.negatives, missing_instance=1, extra_instance=1)
     report, files = stage_outputs(tmp_path / "prepared", tmp_path / "c", on)
     assert stage_outputs(tmp_path / "prepared", tmp_path / "d", on) == (report, files)
     assert report["missing_instance"]["train"]["single_mask_group"] > 0  # the "top box" rows, one mask each

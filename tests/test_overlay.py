@@ -8,7 +8,7 @@ from PIL import Image
 from maskgate.data import masks
 from maskgate.render import overlay
 from maskgate.utils import images
-from tests.conftest import box_mask
+from tests.conftest import box_mask, settings
 
 STYLE = overlay.Style(size=64, fill_color=(255, 0, 255), fill_alpha=0.5, outline_color=(255, 255, 0),
                       outline_width=2, jpeg_quality=95)
@@ -57,8 +57,8 @@ def test_two_masks_get_two_outlines():
 
 def test_size_must_be_multiple_of_32(params):
     params["render"]["size"] = 100
-    with pytest.raises(ValueError, match="multiple of 32"):
-        overlay.Style.from_params(params)
+    with pytest.raises(ValueError, match="render.size must be a multiple of 32"):
+        settings(params)
 
 
 def test_transparent_png_is_shown_over_white():

@@ -1,6 +1,5 @@
 """The data half through DVC itself, in a throw-away git repository: demo data and real rows."""
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,8 @@ import yaml
 
 from maskgate.data import masks
 from maskgate.utils import tables
-from tests.conftest import REALDATA, ROOT
+from tests import project
+from tests.conftest import REALDATA
 
 pytestmark = pytest.mark.slow
 DATA_STAGES = ("prepare", "negatives", "render")
@@ -24,17 +24,8 @@ def sh(*cmd, cwd):
 
 
 def project_copy(tmp: Path) -> Path:
-    """The project's committed and new files (not data, not the venv) in a fresh git repo."""
-    files = sh("git", "ls-files", "--cached", "--others", "--exclude-standard", cwd=ROOT).split()
-    repo = tmp / "repo"
-    for f in files:
-        if (ROOT / f).is_file() and not f.startswith(("data/prepared", "data/negatives", "data/rendered")):
-            (repo / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, repo / f)
-    sh("git", "init", "-q", cwd=repo)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A", cwd=repo)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=repo)
-    return repo
+    """The project (its working copy's files, not data, not the venv) in a fresh git repo, tmp/repo."""
+    return project.project_copy(tmp / "repo")
 
 
 def set_params(repo: Path, **dotted):

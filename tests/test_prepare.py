@@ -4,12 +4,13 @@ import pytest
 
 from maskgate.data import prepare, prepared
 from maskgate.utils import tables
-from tests.conftest import jpeg_bytes, make_row, write_local
+from tests.conftest import jpeg_bytes, make_row, settings, write_local
 
 
 def test_prepare_writes_rows_images_and_report(tmp_path, boxes_dataset, params):
     params["data"].update(source="local", path=str(boxes_dataset))
-    report = prepare.prepare(params, tmp_path / "p")
+    s = settings(params)
+    report = prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "p")
     assert report["rows_in"] == 12 and sum(report["kept"].values()) == 12 and report["skipped"] == {}
     for split in ("train", "val"):
         rows = prepared.read_rows(tmp_path / "p", split)
@@ -24,7 +25,8 @@ def test_too_many_bad_rows_fail_with_the_reasons(tmp_path, params):
     folder = write_local(tmp_path / "d", rows, {"a.jpg": jpeg_bytes(4, 4)})
     params["data"].update(source="local", path=str(folder))
     with pytest.raises(prepare.TooManyBadRows, match="missing_image: 3"):
-        prepare.prepare(params, tmp_path / "p")
+        s = settings(params)
+        prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "p")
     assert not (tmp_path / "p").exists()
 
 

@@ -3,7 +3,8 @@ import copy
 
 import pytest
 
-from maskgate.prompt import ACCEPT_LABEL, REJECT_LABEL, Prompt, gate_label
+from maskgate.prompt import ACCEPT_LABEL, REJECT_LABEL, gate_label
+from tests.conftest import settings
 
 THREE = ["ACCEPT", "REJECT", "BORDERLINE"]
 
@@ -13,11 +14,11 @@ def with_answers(params, answers, user=None):
     p["prompt"]["answers"] = answers
     if user is not None:
         p["prompt"]["user"] = user
-    return Prompt.from_params(p)
+    return settings(p).prompt
 
 
 def test_default_prompt_text_and_labels(params):
-    prompt = Prompt.from_params(params)
+    prompt = settings(params).prompt
     assert prompt.answers == ("ACCEPT", "REJECT")
     assert prompt.user_text(" red car. ") == (
         "Query: red car. Does the highlighted mask group match the query? Answer exactly: ACCEPT or REJECT."
@@ -39,7 +40,7 @@ def test_a_third_answer_is_a_params_change(params):
     with pytest.raises(ValueError, match="label -1 names no answer"):
         prompt.label_text(-1)
     with pytest.raises(ValueError, match="label 2 names no answer"):
-        Prompt.from_params(params).label_text(2)
+        settings(params).prompt.label_text(2)
 
 
 def test_user_text_must_name_every_answer(params):

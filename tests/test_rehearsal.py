@@ -5,8 +5,10 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
-from tests.conftest import ROOT, project_params
+from tests.conftest import ROOT
+from tests.project import committed_params
 
 pytestmark = pytest.mark.slow
 
@@ -18,8 +20,8 @@ def test_dvc_repro_with_the_committed_params_through_the_hub(tmp_path):
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-3000:]
     s = json.loads((work / "rehearsal.json").read_text())
     repo = work / "repo"
-    assert (repo / "params.yaml").read_text() == (ROOT / "params.yaml").read_text()  # nothing but env changed
-    committed = project_params()
+    assert (repo / "params.yaml").read_text() == committed_params()  # nothing but env changed
+    committed = yaml.safe_load(committed_params())
     assert committed["data"]["source"] == "hub" and committed["model"]["preset"] == "qwen3-vl-8b"
     # one commit of the data, and one of the base, resolved from `main` and recorded
     assert s["data"]["repo"] == "Shengcao1006/MaskGroups-HQ" and len(s["data"]["commit"]) == 40

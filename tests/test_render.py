@@ -6,13 +6,18 @@ from maskgate.data import negatives
 from maskgate.data import prepare
 from maskgate.render import shards
 from maskgate.utils import tables
+from tests.conftest import settings
+
+
 @pytest.fixture
 def rendered(tmp_path, boxes_dataset, params):
     params["data"].update(source="local", path=str(boxes_dataset))
     params["render"].update(size=64, workers=1, shard_size=7)
-    prepare.prepare(params, tmp_path / "prepared")
-    negatives.build(tmp_path / "prepared", tmp_path / "negatives", dict(params["negatives"], per_positive=3), 0)
-    report = shards.render(tmp_path / "prepared", tmp_path / "negatives", tmp_path / "rendered", params)
+    params["negatives"]["per_positive"] = 3
+    s = settings(params)
+    prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "prepared")
+    negatives.build(tmp_path / "prepared", tmp_path / "negatives", s.negatives, 0)
+    report = shards.render(tmp_path / "prepared", tmp_path / "negatives", tmp_path / "rendered", s.render, s.prompt)
     return tmp_path / "rendered", report
 
 
@@ -43,6 +48,7 @@ def test_same_candidate_same_pixels_whatever_the_label(rendered):
 def test_rendering_is_byte_reproducible_with_workers(rendered, tmp_path, params):
     folder, _ = rendered
     params["render"].update(size=64, workers=2, shard_size=7)
-    shards.render(tmp_path / "prepared", tmp_path / "negatives", tmp_path / "again", params)
+    s = settings(params)
+    shards.render(tmp_path / "prepared", tmp_path / "negatives", tmp_path / "again", s.render, s.prompt)
     digest = lambda d: {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
     assert digest(folder) == digest(tmp_path / "again")

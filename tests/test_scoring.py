@@ -10,7 +10,7 @@ from maskgate.model import qwen as M
 from maskgate.model.batching import IGNORE_INDEX, Example, prompt_text, training_batch
 from maskgate.prompt import Prompt
 from maskgate.model.scoring import answer_first_ids, score
-from tests.conftest import project_params
+from tests.conftest import project_params, settings
 
 
 def spread(model, seed=1):
@@ -85,7 +85,7 @@ def three_answers(tmp_path_factory):
     """params.yaml with prompt.answers [ACCEPT, REJECT, BORDERLINE], nothing else changed; a tiny model of it."""
     params = copy.deepcopy(project_params())
     params["prompt"]["answers"] = ["ACCEPT", "REJECT", "BORDERLINE"]
-    prompt = Prompt.from_params(params)
+    prompt = settings(params).prompt
     out = tmp_path_factory.mktemp("tiny_three_answers")
     M.build_tiny(out, prompt, seed=0)
     model, processor = M.load(out)

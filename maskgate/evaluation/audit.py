@@ -11,7 +11,7 @@ default, the verifier's own answer); a case is wrong when that decision disagree
 ``gate_label(label)`` (with a BORDERLINE answer, a borderline case is right when not accepted).
 The answer words on the page and in the CSV come from the prompt (params.yaml ``prompt.answers``).
 
-Use: ``write_audit(select_audit(records, n), out_dir, prompt=Prompt.from_params(params))``.
+Use: ``write_audit(select_audit(records, n), out_dir, prompt=params.prompt)`` (params: config.Params).
 """
 from __future__ import annotations
 

@@ -138,11 +138,14 @@ def build_qwen(root: Path, params: dict, model_dir: Path | None = None, repo_id:
     if model_dir is not None:
         link_tree(Path(model_dir), repo)
         return repo
-    from maskgate.model.qwen import build_tiny
-    from maskgate.prompt import Prompt
-    from maskgate.model.train import local_size
+    import dataclasses
 
-    build_tiny(repo, Prompt.from_params(params), seed=0, **local_size(params, "tiny"))
+    from maskgate import config
+    from maskgate.model.base import local_size
+    from maskgate.model.qwen import build_tiny
+
+    s = config.from_dict(params)
+    build_tiny(repo, s.prompt, seed=0, **local_size(dataclasses.replace(s.model, preset="tiny")))
     return repo
 
 
