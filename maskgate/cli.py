@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="maskgate", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("export", help="write rendered shards as overlay JPEGs + JSONL rows (plan's row schema)",
+    ex = sub.add_parser("export", help="write rendered shards as overlay JPEGs + JSONL rows (one row per example: overlay path, prompt, label)",
                         description="Write the render stage's shards as overlay image files and JSONL rows "
                                     "{path_to_overlay_image, prompt_text, label_text, ...}, one file per split.")
     ex.add_argument("--rendered", type=Path, default=Path("data/rendered"), help="render stage output (default: %(default)s)")

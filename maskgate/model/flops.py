@@ -10,7 +10,7 @@ tokens (each made of 4 patches, so P = 4 I patches), for a Qwen3-VL config:
               Pm: the patch merger and the deepstack mergers, applied to the I merged tokens.
   language  L = 2 Pl T + 4 Ll T^2 h dh
               Pl: q, k, v, o, gate, up, down of each of Ll layers; attention counted in full (T^2, as
-              the FACTS.md floor does; a causal kernel does about half of it).
+              a dense attention kernel does; a causal one does about half of it).
   LoRA      R = 2 Pr T, Pr = sum over targeted layers of r (in + out).
   LM head   H = 2 d V K at K positions: K = 1 for scoring, the supervised answer tokens for training.
 
