@@ -31,8 +31,8 @@ Configurations (see CONFIGS; names starting `ref-` are the references of the iss
   ref-unsloth16-b32  Unsloth 16-bit LoRA, batch 32          ref-unsloth4-b32  Unsloth QLoRA 4-bit, batch 32
   ref-score-b32      today's score(): base + unmerged adapter, bf16, batch 32, batches prepared in turn
   hf-*               the project's hf path with levers: w = dataloader workers, nogc = no checkpointing,
-                     fp8 = train.fp8, b = micro-batch
-  score-*            scoring with levers: w = workers, merge = evaluate.merge_adapter, fp8, compile, b = batch
+                     b = micro-batch
+  score-*            scoring with levers: w = workers, merge = evaluate.merge_adapter, compile, b = batch
 
 Predicted gains (before measuring; 617 tokens, H100; the training floor is about 40 examples/s and the
 scoring floor 73 by flops.py's count at 790 TFLOP/s):
@@ -40,11 +40,6 @@ scoring floor 73 by flops.py's count at 790 TFLOP/s):
     spends ~30-50 ms per 672 px image on one CPU core, in series with the GPU today. Scoring at 24
     examples/s spends 42 ms per example in all, so most of it may be CPU: predicted 1.3-2x for scoring,
     1.1-1.3x for training (a training step is 2-3x the GPU work of a scoring pass).
-  * FP8 for the frozen decoder linears (train.fp8, evaluate.fp8): ~85% of the FLOPs are these matmuls and
-    FP8 runs them ~1.6-1.8x faster in practice (per-token quantisation of activations and gradients
-    costs extra memory passes); predicted 1.3-1.5x on the GPU part of both. Our own layer, not torchao's
-    Float8Linear, which would also compute the frozen weight's gradient (a third matmul) and recast the
-    weight each call.
   * no gradient checkpointing (train.gradient_checkpointing: false): the recompute is a third of the
     decoder's work (forward + input-gradient backward + forward again): up to 1.3x, less if the micro-batch
     that fits (~8 at 617 tokens) is too small to fill the GPU.
@@ -79,15 +74,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-def train_cfg(backend="hf", mb=16, gc=True, fp8=False, workers=0, four_bit=False) -> dict:
+def train_cfg(backend="hf", mb=16, gc=True, workers=0, four_bit=False) -> dict:
+    """A training configuration: its keys of params.yaml's `train` section."""
     return {"kind": "train", "backend": backend, "micro_batch_size": mb, "train": {
-        "backend": backend, "gradient_checkpointing": gc, "fp8": fp8, "dataloader_workers": workers,
-        "load_in_4bit": four_bit}}
+        "backend": backend, "gradient_checkpointing": gc, "dataloader_workers": workers, "load_in_4bit": four_bit}}
 
 
-def score_cfg(batch=32, workers=0, merge=False, fp8=False, compile_=False) -> dict:
+def score_cfg(batch=32, workers=0, merge=False, compile_=False) -> dict:
+    """A scoring configuration: its keys of params.yaml's `evaluate` section (speedups.Scoring's, less the batch)."""
     return {"kind": "score", "batch_size": batch, "evaluate": {
-        "workers": workers, "merge_adapter": merge, "fp8": fp8, "compile": compile_}}
+        "workers": workers, "merge_adapter": merge, "compile": compile_}}
 
 
 CONFIGS = {
@@ -100,20 +96,14 @@ CONFIGS = {
     "ref-score-b32": score_cfg(32),
     "hf-w4-gc-b32": train_cfg("hf", 32, gc=True, workers=4),
     "hf-w4-nogc-b8": train_cfg("hf", 8, gc=False, workers=4),
-    "hf-w4-fp8-gc-b32": train_cfg("hf", 32, gc=True, fp8=True, workers=4),
-    "hf-w4-fp8-nogc-b8": train_cfg("hf", 8, gc=False, fp8=True, workers=4),
-    "hf-w4-fp8-nogc-b6": train_cfg("hf", 6, gc=False, fp8=True, workers=4),
     "score-w4-b32": score_cfg(32, workers=4),
     "score-w4-merge-b32": score_cfg(32, workers=4, merge=True),
-    "score-w4-merge-fp8-b32": score_cfg(32, workers=4, merge=True, fp8=True),
-    "score-w6-merge-fp8-b64": score_cfg(64, workers=6, merge=True, fp8=True),
-    "score-w6-merge-fp8-compile-b64": score_cfg(64, workers=6, merge=True, fp8=True, compile_=True),
     "score-compile-b64": score_cfg(64, compile_=True),
     "score-merge-compile-b64": score_cfg(64, merge=True, compile_=True),
     "score-w6-merge-compile-b64": score_cfg(64, workers=6, merge=True, compile_=True),
 }
-SMOKE_CONFIGS = ["ref-hf-gc-b16", "ref-unsloth4-b32", "ref-score-b32", "hf-w4-fp8-nogc-b8", "score-w4-merge-fp8-b32",
-                 "score-w6-merge-fp8-compile-b64"]
+SMOKE_CONFIGS = ["ref-hf-gc-b16", "ref-unsloth4-b32", "ref-score-b32", "hf-w4-nogc-b8", "score-w4-merge-b32",
+                 "score-w6-merge-compile-b64"]
 REF_TRAIN, REF_LOSS, REF_SCORE = "ref-unsloth4-b32", "ref-hf-gc-b16", "ref-score-b32"
 
 
@@ -240,7 +230,7 @@ def peak_gib():
 
 
 def worker_matmul(args, spec) -> dict:
-    """bf16 torch.mm TFLOP/s (and FP8 _scaled_mm, for the FP8 lever's ceiling) on this device."""
+    """bf16 torch.mm TFLOP/s on this device."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -259,17 +249,7 @@ def worker_matmul(args, spec) -> dict:
         sync()
         return 2 * n**3 * reps / (time.perf_counter() - t)
 
-    out = {"matmul_n": n, "matmul_dtype": str(dtype).replace("torch.", ""), "bf16_flops_per_s": rate(lambda: a @ b)}
-    try:
-        from maskgate.model.fp8 import quantize_rows
-
-        a8, sa = quantize_rows(a)
-        b8, sb = quantize_rows(b.t().contiguous())
-        sb = sb.t().contiguous()
-        out["fp8_flops_per_s"] = rate(lambda: torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb, out_dtype=dtype))
-    except Exception as e:  # the FP8 figure is informative only
-        out["fp8_error"] = f"{type(e).__name__}: {e}"[:300]
-    return out
+    return {"matmul_n": n, "matmul_dtype": str(dtype).replace("torch.", ""), "bf16_flops_per_s": rate(lambda: a @ b)}
 
 
 def worker_build(args, spec) -> dict:
@@ -473,8 +453,7 @@ def fmt(v, spec):
 
 
 def table(results: dict, rate: dict) -> str:
-    lines = [f"bf16 torch.mm {fmt(rate.get('bf16_flops_per_s') and rate['bf16_flops_per_s'] / 1e12, '.0f')} TFLOP/s, "
-             f"fp8 _scaled_mm {fmt(rate.get('fp8_flops_per_s') and rate['fp8_flops_per_s'] / 1e12, '.0f')} TFLOP/s "
+    lines = [f"bf16 torch.mm {fmt(rate.get('bf16_flops_per_s') and rate['bf16_flops_per_s'] / 1e12, '.0f')} TFLOP/s "
              f"(n={rate.get('matmul_n')}, {rate.get('device', '?')})",
              f"{'config':34} {'batch':>5} {'ex/s':>7} {'x ref':>6} {'tok/s':>8} {'tok/ex':>6} {'peak GiB':>8} "
              f"{'MFU':>6} {'HFU':>6} {'loss':>8} {'|dloss|':>8} {'max|dP|':>8}  status"]
