@@ -104,8 +104,8 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep this run's checkpoints (default: start afresh)")
     args = ap.parse_args()
 
-    overrides = DEMO + recipe_overrides(args.changes) + args.set
     try:
+        overrides = DEMO + recipe_overrides(args.changes) + args.set
         p = config.from_dict(apply_overrides(Path(args.params), overrides), f"{args.params} with {args.changes} and -S")
     except config.ParamsError as e:
         print(e, file=sys.stderr)
