@@ -40,10 +40,13 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from maskgate import config  # noqa: E402  (pydantic and yaml only: nothing that imports transformers)
 
 RUNS = {
     # name: (preset, backend, gpus, how): how = "stage" (stages/train.py, train.gpus) or "timed" (this file's
-    # worker: training.train with a step timer, under plain python or torchrun)
+    # worker: maskgate.model.train.train with a step timer, under plain python or torchrun)
     "tiny-hf-1": ("tiny", "hf", 1, "stage"),
     "tiny-hf-2": ("tiny", "hf", 2, "stage"),
     "8b-hf-1": ("random-8b", "hf", 1, "timed"),
@@ -57,6 +60,7 @@ BATCH = {"tiny": (16, 4), "random-8b": (32, 8)}  # (effective batch, micro-batch
 
 
 def params_for(base: dict, preset: str, backend: str, gpus: int) -> dict:
+    """params.yaml's mapping with the run's settings, checked as the stage will check it (config.ParamsError)."""
     p = json.loads(json.dumps(base))
     p["data"].update(source="demo", demo_images=DATA[preset]["demo_images"])
     p["render"].update(size=DATA[preset]["size"], workers=8)
@@ -66,6 +70,7 @@ def params_for(base: dict, preset: str, backend: str, gpus: int) -> dict:
                       save_steps=1000, eval_steps=0, eval_examples=0, logging_steps=1)
     if preset == "tiny":
         p["train"]["lora"]["dropout"] = 0.0  # each rank draws its own dropout masks: noise, not a difference
+    config.from_dict(p, f"{preset}/{backend}/{gpus} GPU params")
     return p
 
 
@@ -134,11 +139,14 @@ def steady_rate(times: list[list[float]], batch: int, warmup: int) -> dict:
 
 def worker(params_file: Path, rendered: Path, folder: Path, times_file: Path) -> int:
     from maskgate.model import launch
-    from maskgate.model import train as training
-    params = yaml.safe_load(params_file.read_text())
-    backend = training.resolve_backend(params)  # before transformers: unsloth patches it when picked
+    from maskgate.model.backend import resolve_backend
+
+    p = config.load(params_file)
+    backend = resolve_backend(p.train, p.model.preset)  # before transformers: unsloth patches it when picked
     import torch
     from transformers import TrainerCallback
+
+    from maskgate.model import train as training
 
     times: list[list[float]] = []
 
@@ -149,8 +157,8 @@ def worker(params_file: Path, rendered: Path, folder: Path, times_file: Path) ->
                     torch.cuda.synchronize()
                 times.append([state.global_step, time.perf_counter()])
 
-    summary = training.train(params, rendered, folder / "model", folder / "checkpoints", folder / "live",
-                             backend=backend, callbacks=[StepTimer()])
+    summary = training.train(training.TrainJob.of(p), rendered, folder / "model", folder / "checkpoints",
+                             folder / "live", backend=backend, callbacks=[StepTimer()])
     if launch.is_main_process():
         times_file.write_text(json.dumps({"step_end_s": times, "summary": summary}, indent=1) + "\n")
     return 0
@@ -173,7 +181,7 @@ def main() -> int:
 
     started = time.time()
     left = lambda: args.budget_s - (time.time() - started)  # noqa: E731
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    base = config.read_yaml(ROOT / "params.yaml")
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
@@ -189,14 +197,19 @@ def main() -> int:
         w = args.work / name
         w.mkdir(parents=True, exist_ok=True)
         pf = w / "params.yaml"
-        pf.write_text(yaml.safe_dump(params_for(base, preset, backend, gpus)))
+        try:
+            pf.write_text(yaml.safe_dump(params_for(base, preset, backend, gpus)))
+        except config.ParamsError as e:
+            res["status"] = f"failed: {e}"
+            print(f"{name}: FAILED: {e}", flush=True)
+            continue
         # timed runs of a preset share one model folder, so the 17 GB random base is built once (its stamp matches)
         folder = args.work / f"{preset}-timed" if how == "timed" else w
         for stale in ("checkpoints", "live"):
             subprocess.run(["rm", "-rf", str(folder / stale)], check=True)
         try:
             rendered = make_data(preset, base, args.work, log, min(120, left()))
-        except RuntimeError as e:
+        except (RuntimeError, config.ParamsError) as e:
             res["status"] = f"failed: {e}"
             print(f"{name}: FAILED: {e}", flush=True)
             continue
@@ -204,7 +217,8 @@ def main() -> int:
         if how == "stage":  # the stage itself: train.gpus=2 relaunches it under torchrun
             cmd = [py, "stages/train.py", "--params", str(pf), "--rendered", str(rendered), "--out", str(folder / "model"),
                    "--checkpoints", str(folder / "checkpoints"), "--live", str(folder / "live"),
-                   "--report", str(args.out / f"{name}-train.json")]
+                   "--report", str(args.out / f"{name}-train.json"),
+                   "--summary", str(args.out / f"{name}-summary.json")]
         else:
             launcher = [py] if gpus == 1 else [py, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
             cmd = [*launcher, str(Path(__file__).resolve()), "--worker", str(pf), str(rendered), str(folder), str(times_file)]
@@ -216,7 +230,7 @@ def main() -> int:
             continue
         res["status"] = "ok"
         if how == "stage":
-            s = json.loads((args.out / f"{name}-train.json").read_text())
+            s = json.loads((args.out / f"{name}-summary.json").read_text())  # train.json holds the headline only
             res["loss"] = loss_curve(folder / "live")
         else:
             t = json.loads(times_file.read_text())

@@ -3,10 +3,13 @@
 Builds the demo data with the pipeline's own code (prepare -> negatives -> render; cached in the work
 folder per data settings), trains with maskgate.model.train.train exactly as the train stage does,
 scores the whole val split with scoring.score as the evaluate stage does, and fits the mask-only
-shortcut baseline (maskgate.evaluation.shortcut) on the same split. Settings are params.yaml plus the demo
-switches (data.source=demo, model.preset=tiny) plus `-S key=value` overrides, spelled as for
-`dvc exp run -S`, applied by DVC's own code (Hydra syntax: `lr=1e-3`, `train.lora.targets=[a,b]`,
-`++model.tiny.initializer_range=0.125` for a key params.yaml does not hold yet).
+shortcut baseline (maskgate.evaluation.shortcut) on the same split. Settings are params.yaml, then the
+demo switches (data.source=demo, model.preset=tiny), then the changes of `--changes` (configs/demo.yaml
+by default: the demo's recipe, as scripts/demo.sh runs it; `--changes none` for the switches alone),
+then `-S key=value` overrides, spelled as for `dvc exp run -S`, applied by DVC's own code (Hydra syntax:
+`lr=1e-3`, `train.lora.targets=[a,b]`). The result is checked as a stage checks params.yaml
+(maskgate.config): a key params.yaml does not hold is an error, except inside `model.tiny`, whose keys
+are TinySize fields (`++model.tiny.hidden_size=96`).
 
     python bench/demo_learning.py -S train.epochs=3 -S lr=2e-3 --work /tmp/demo-bench
 
@@ -15,6 +18,7 @@ Prints one JSON line at the end: val_auroc, shortcut_auroc, the wall time of eac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,10 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from maskgate import config  # noqa: E402  (pydantic and yaml only: nothing that imports transformers)
+
 DEMO = ["data.source=demo", "model.preset=tiny"]
+RECIPE = ROOT / "configs" / "demo.yaml"
 
 
 def apply_overrides(params_file: Path, overrides: list[str]) -> dict:
@@ -39,27 +46,36 @@ def apply_overrides(params_file: Path, overrides: list[str]) -> dict:
         copy = Path(tmp) / "params.yaml"
         shutil.copy(params_file, copy)
         dvc_apply(str(copy), overrides)
-        return yaml.safe_load(copy.read_text())
+        return config.read_yaml(copy)
+
+
+def recipe_overrides(changes: str) -> list[str]:
+    """A settings file's keys (configs/demo.yaml) as `key=value` overrides, as scripts/demo.sh passes them to DVC."""
+    if changes.lower() == "none":
+        return []
+    flags = config.flags(config.read_yaml(changes))
+    return flags[1::2]  # ["-S", "key=value", ...] -> ["key=value", ...]
 
 
 def digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def build_data(params: dict, work: Path) -> tuple[Path, float]:
+def build_data(p: config.Params, work: Path) -> tuple[Path, float]:
     """Rendered shards for these data settings, made once per settings in work/data-<hash>."""
     from maskgate.data import negatives
     from maskgate.data import prepare
     from maskgate.render import shards
-    keys = {k: params[k] for k in ("seed", "data", "prepare", "negatives", "render", "prompt")}
+    keys = {"seed": p.seed,
+            **{k: dataclasses.asdict(getattr(p, k)) for k in ("data", "prepare", "negatives", "render", "prompt")}}
     folder = work / f"data-{digest(keys)}"
     if (folder / "rendered").is_dir():
         return folder / "rendered", 0.0
     started = time.time()
     shutil.rmtree(folder, ignore_errors=True)
-    prepare.prepare(params, folder / "prepared")
-    negatives.build(folder / "prepared", folder / "negatives", params["negatives"], int(params["seed"]))
-    shards.render(folder / "prepared", folder / "negatives", folder / "rendered", params)
+    prepare.prepare(p.data, p.prepare, p.seed, folder / "prepared")
+    negatives.build(folder / "prepared", folder / "negatives", p.negatives, p.seed)
+    shards.render(folder / "prepared", folder / "negatives", folder / "rendered", p.render, p.prompt)
     return folder / "rendered", time.time() - started
 
 
@@ -81,15 +97,22 @@ def main() -> int:
     ap.add_argument("-S", "--set-param", dest="set", action="append", default=[],
                     help="override, as for dvc exp run: key=value (Hydra syntax)")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--changes", default=str(RECIPE),
+                    help="a settings file applied before -S (default: configs/demo.yaml, the demo's recipe; none = no file)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/maskgate-demo-bench"))
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--keep", action="store_true", help="keep this run's checkpoints (default: start afresh)")
     args = ap.parse_args()
 
-    params = apply_overrides(Path(args.params), DEMO + args.set)
+    try:
+        overrides = DEMO + recipe_overrides(args.changes) + args.set
+        p = config.from_dict(apply_overrides(Path(args.params), overrides), f"{args.params} with {args.changes} and -S")
+    except config.ParamsError as e:
+        print(e, file=sys.stderr)
+        return 1
 
-    from maskgate.model import train as training
-    backend = training.resolve_backend(params)  # before transformers, as the train stage does
+    from maskgate.model.backend import resolve_backend
+    backend = resolve_backend(p.train, p.model.preset)  # before transformers, as the train stage does
     import numpy as np
     import torch
     from sklearn.metrics import roc_auc_score
@@ -97,32 +120,37 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
-    rendered, t_data = build_data(params, args.work)
+    rendered, t_data = build_data(p, args.work)
 
-    run = args.work / f"run-{digest(params)}"
+    from maskgate.model import train as training
+
+    run = args.work / f"run-{digest(dataclasses.asdict(p))}"
     if not args.keep:
         shutil.rmtree(run, ignore_errors=True)
     started = time.time()
-    summary = training.train(params, rendered, run / "model", run / "checkpoints", run / "live", backend=backend)
+    summary = training.train(training.TrainJob.of(p), rendered, run / "model", run / "checkpoints", run / "live",
+                             backend=backend)
     t_train = time.time() - started
 
-    from maskgate.model.qwen import load
-    from maskgate.prompt import Prompt
-    from maskgate.model.scoring import score
     from peft import PeftModel
+
+    from maskgate.model.batching import to_example
+    from maskgate.model.qwen import load
+    from maskgate.model.scoring import score
 
     started = time.time()
     base, processor = load(summary["base"])
     model = PeftModel.from_pretrained(base, summary["adapter"]).eval()
     val = training.load_split(rendered, "val")
-    examples = [training.to_example(r) for r in val]
-    p = score(model, processor, Prompt.from_params(params), examples, training.max_length(params), batch_size=32)
+    examples = [to_example(r) for r in val]
+    # summary["max_length"]: the budget training used, which evaluate reads back from verifier.json
+    p_accept = score(model, processor, p.prompt, examples, summary["max_length"], batch_size=32)
     labels = np.asarray(val["label"])
-    val_auroc = float(roc_auc_score(labels, p))
+    val_auroc = float(roc_auc_score(labels, p_accept))
     t_eval = time.time() - started
 
     started = time.time()
-    short = shortcut(rendered, int(params["seed"]))
+    short = shortcut(rendered, p.seed)
     t_short = time.time() - started
 
     from maskgate.utils import tables
@@ -131,7 +159,7 @@ def main() -> int:
     for kind in ("hard", "easy"):
         keep = (kinds == "positive") | (kinds == kind)
         if (kinds == kind).any():
-            by_kind[kind] = float(roc_auc_score(labels[keep], p[keep]))
+            by_kind[kind] = float(roc_auc_score(labels[keep], p_accept[keep]))
 
     # Per colour named in the query: a model that learnt some colours and not others shows here.
     from maskgate.data.demo import COLORS
@@ -141,7 +169,7 @@ def main() -> int:
     for color in COLORS:
         keep = np.char.find(queries.astype(str), color) >= 0
         if len(set(labels[keep])) == 2:
-            by_color[color] = round(float(roc_auc_score(labels[keep], p[keep])), 4)
+            by_color[color] = round(float(roc_auc_score(labels[keep], p_accept[keep])), 4)
 
     result = {
         "val_auroc": round(val_auroc, 4),
@@ -158,6 +186,7 @@ def main() -> int:
         "threads": torch.get_num_threads(),
         "cores": os.cpu_count(),
         "load_avg_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "changes": args.changes,
         "overrides": args.set,
     }
     print(json.dumps(result))

@@ -17,6 +17,11 @@ from pathlib import Path
 
 import yaml
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from maskgate import config  # noqa: E402  (pydantic and yaml only)
+
 RUNS = {
     # name: (preset, backend, load_in_4bit, data)
     "tiny-hf": ("tiny", "hf", False, "small"),
@@ -47,6 +52,7 @@ def params_for(base: dict, preset: str, backend: str, four_bit: bool, data: str)
     p["train"].update(backend=backend, load_in_4bit=four_bit, batch_size=16, micro_batch_size=8,
                       save_steps=1000, eval_steps=1000, eval_examples=32, logging_steps=1)
     p["evaluate"]["batch_size"] = 16
+    config.from_dict(p, f"{preset}/{backend} params")  # the stages would refuse it: say so before they start
     return p
 
 
@@ -56,7 +62,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/gpu_proof"))
     ap.add_argument("--out", type=Path, default=Path("gpu_proof_out"), help="logs and summaries")
     args = ap.parse_args()
-    base = yaml.safe_load(Path("params.yaml").read_text())
+    base = config.read_yaml("params.yaml")
     args.out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     for name in args.runs.split(","):
@@ -65,23 +71,24 @@ def main() -> int:
         d = args.work / f"data-{data}"
         w.mkdir(parents=True, exist_ok=True)
         pf = w / "params.yaml"
-        pf.write_text(yaml.safe_dump(params_for(base, preset, backend, four_bit, data)))
         log = args.out / f"{name}.log"
         try:
+            pf.write_text(yaml.safe_dump(params_for(base, preset, backend, four_bit, data)))
             if not (d / "rendered").exists():
                 run([py, "stages/prepare.py", "--params", str(pf), "--out", str(d / "prepared"), "--report", str(d / "prepare.json")], log)
                 run([py, "stages/negatives.py", "--params", str(pf), "--prepared", str(d / "prepared"), "--out", str(d / "negatives"), "--report", str(d / "negatives.json")], log)
                 run([py, "stages/render.py", "--params", str(pf), "--prepared", str(d / "prepared"), "--negatives", str(d / "negatives"), "--out", str(d / "rendered"), "--report", str(d / "render.json")], log)
             t_train = run([py, "stages/train.py", "--params", str(pf), "--rendered", str(d / "rendered"), "--out", str(w / "verifier"),
-                           "--checkpoints", str(w / "checkpoints"), "--live", str(w / "live"), "--report", str(args.out / f"{name}-train.json")], log)
+                           "--checkpoints", str(w / "checkpoints"), "--live", str(w / "live"), "--report", str(args.out / f"{name}-train.json"),
+                           "--summary", str(args.out / f"{name}-summary.json")], log)
             t_eval = run([py, "stages/evaluate.py", "--params", str(pf), "--rendered", str(d / "rendered"), "--model", str(w / "verifier"),
-                          "--metrics", str(args.out / f"{name}-metrics.json"), "--plots", str(w / "plots"),
-                          "--operating-point", str(w / "op.json"), "--scores", str(w / "scores.parquet")], log)
-        except RuntimeError as e:
+                          "--metrics", str(args.out / f"{name}-metrics.json"), "--breakdown", str(args.out / f"{name}-breakdown.json"),
+                          "--plots", str(w / "plots"), "--operating-point", str(w / "op.json"), "--scores", str(w / "scores")], log)
+        except (RuntimeError, config.ParamsError) as e:
             print(f"{name}: FAILED: {e}", flush=True)
             continue
-        s = json.loads((args.out / f"{name}-train.json").read_text())
-        m = json.loads((args.out / f"{name}-metrics.json").read_text())
+        s = json.loads((args.out / f"{name}-summary.json").read_text())  # train.json holds the headline only
+        m = json.loads((args.out / f"{name}-metrics.json").read_text())  # the headline: auroc is there
         print(f"{name}: {s['global_step']} steps x {s['batch']['effective']} examples, {s['examples_per_s']} examples/s "
               f"(train loop incl. warm-up), peak {s['peak_gpu_gib']} GiB, params {s['params']['total']:.3g}; "
               f"train stage {t_train:.0f} s, evaluate stage {t_eval:.0f} s, val AUROC {m['auroc']}", flush=True)

@@ -10,26 +10,30 @@ with all workers is printed too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections import defaultdict
 from multiprocessing import Pool
 from pathlib import Path
 
+from maskgate import config
 from maskgate.data import negatives
 from maskgate.data import sources
-from maskgate.render.overlay import Style, encode_jpeg, letterbox
-from maskgate.utils.images import decode_image
-from maskgate.config import load_params
-from maskgate.render.shards import _job, render_image
 from maskgate.data.validation import validate_all
+from maskgate.render.overlay import Style, encode_jpeg, letterbox
+from maskgate.render.shards import _job, render_image
+from maskgate.utils.images import decode_image
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def jobs_from(data: Path, params: dict, style: Style) -> list[tuple]:
-    raws, store = sources.load_local(data)
-    rows, _, _ = validate_all(raws, store, "rescale")
+def jobs_from(data: Path, cfg: config.Negatives, style: Style) -> list[tuple]:
+    source = sources.load_local(data)
+    store = source.images
+    rows, _, _ = validate_all(source.rows["train"], store, "rescale")
     rows = [{"row_id": r.row_id, "image": r.image, "query": r.query, "height": r.height, "width": r.width,
              "groups": r.groups} for r in rows]
-    examples, _ = negatives.make_examples(rows, params["negatives"], seed=0)
+    examples, _ = negatives.make_examples(rows, cfg, seed=0)
     by_image = defaultdict(list)
     for e in examples:
         by_image[e["image"]].append(e)
@@ -54,15 +58,18 @@ def timed(fn, jobs, repeats):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / "samples/coco-groups")
+    ap.add_argument("--data", type=Path, default=ROOT / "samples/coco-groups")
     ap.add_argument("--size", type=int, default=672)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
-    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    params["render"]["size"] = args.size
-    style = Style.from_params(params)
-    jobs = jobs_from(args.data, params, style)
+    p = config.load(ROOT / "params.yaml")
+    try:  # --size checked as params.yaml's render.size is
+        render = config.from_section(config.Render, {**dataclasses.asdict(p.render), "size": args.size}, "--size")
+    except config.ParamsError as e:
+        ap.error(str(e))
+    style = Style.of(render)
+    jobs = jobs_from(args.data, p.negatives, style)
     n = sum(len(j[1]) for j in jobs)
     t_floor = timed(floor, jobs, args.repeats)
     t_render = timed(render_image, jobs, args.repeats)

@@ -10,10 +10,11 @@ and render code; every query padded with filler words so each example is exactly
 shape, random bf16 weights: speed and memory do not depend on weight values) once, measures the bf16
 matrix-multiply rate, then runs each configuration in its own subprocess with a timeout: a failure is
 printed with the tail of its log and the rest still run. Training configurations go through
-`maskgate.model.train.train` (TRL SFTTrainer, the project's collator) with their params["train"] settings;
+`maskgate.model.train.train` (TRL SFTTrainer, the project's collator) with their `train` settings;
 scoring configurations through `maskgate.model.scoring.score` on the loaded model with their
-params["evaluate"] settings (`maskgate.model.speedups.for_scoring`). Every setting a configuration changes
-is a params.yaml key, so the fastest one can become the default.
+`evaluate` settings (`maskgate.model.speedups.for_scoring`). Every setting a configuration changes
+is a params.yaml key (the settings are params.yaml with the configuration's keys changed, checked by
+`maskgate.config.from_dict`), so the fastest one can become the default.
 
 Printed and written (one JSON per configuration in --out, and all of them in --out/results.jsonl):
 examples/s and tokens/s over the measured steps only (warm-up steps excluded: Unsloth compiles each
@@ -31,8 +32,8 @@ Configurations (see CONFIGS; names starting `ref-` are the references of the iss
   ref-unsloth16-b32  Unsloth 16-bit LoRA, batch 32          ref-unsloth4-b32  Unsloth QLoRA 4-bit, batch 32
   ref-score-b32      today's score(): base + unmerged adapter, bf16, batch 32, batches prepared in turn
   hf-*               the project's hf path with levers: w = dataloader workers, nogc = no checkpointing,
-                     fp8 = train.fp8, b = micro-batch
-  score-*            scoring with levers: w = workers, merge = evaluate.merge_adapter, fp8, compile, b = batch
+                     b = micro-batch
+  score-*            scoring with levers: w = workers, merge = evaluate.merge_adapter, compile, b = batch
 
 Predicted gains (before measuring; 617 tokens, H100; the training floor is about 40 examples/s and the
 scoring floor 73 by flops.py's count at 790 TFLOP/s):
@@ -40,11 +41,6 @@ scoring floor 73 by flops.py's count at 790 TFLOP/s):
     spends ~30-50 ms per 672 px image on one CPU core, in series with the GPU today. Scoring at 24
     examples/s spends 42 ms per example in all, so most of it may be CPU: predicted 1.3-2x for scoring,
     1.1-1.3x for training (a training step is 2-3x the GPU work of a scoring pass).
-  * FP8 for the frozen decoder linears (train.fp8, evaluate.fp8): ~85% of the FLOPs are these matmuls and
-    FP8 runs them ~1.6-1.8x faster in practice (per-token quantisation of activations and gradients
-    costs extra memory passes); predicted 1.3-1.5x on the GPU part of both. Our own layer, not torchao's
-    Float8Linear, which would also compute the frozen weight's gradient (a third matmul) and recast the
-    weight each call.
   * no gradient checkpointing (train.gradient_checkpointing: false): the recompute is a third of the
     decoder's work (forward + input-gradient backward + forward again): up to 1.3x, less if the micro-batch
     that fits (~8 at 617 tokens) is too small to fill the GPU.
@@ -74,20 +70,22 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-def train_cfg(backend="hf", mb=16, gc=True, fp8=False, workers=0, four_bit=False) -> dict:
+from maskgate import config  # noqa: E402  (pydantic and yaml only: nothing that imports transformers)
+
+
+def train_cfg(backend="hf", mb=16, gc=True, workers=0, four_bit=False) -> dict:
+    """A training configuration: its keys of params.yaml's `train` section."""
     return {"kind": "train", "backend": backend, "micro_batch_size": mb, "train": {
-        "backend": backend, "gradient_checkpointing": gc, "fp8": fp8, "dataloader_workers": workers,
-        "load_in_4bit": four_bit}}
+        "backend": backend, "gradient_checkpointing": gc, "dataloader_workers": workers, "load_in_4bit": four_bit}}
 
 
-def score_cfg(batch=32, workers=0, merge=False, fp8=False, compile_=False) -> dict:
+def score_cfg(batch=32, workers=0, merge=False, compile_=False) -> dict:
+    """A scoring configuration: its keys of params.yaml's `evaluate` section (speedups.Scoring's, less the batch)."""
     return {"kind": "score", "batch_size": batch, "evaluate": {
-        "workers": workers, "merge_adapter": merge, "fp8": fp8, "compile": compile_}}
+        "workers": workers, "merge_adapter": merge, "compile": compile_}}
 
 
 CONFIGS = {
@@ -100,20 +98,14 @@ CONFIGS = {
     "ref-score-b32": score_cfg(32),
     "hf-w4-gc-b32": train_cfg("hf", 32, gc=True, workers=4),
     "hf-w4-nogc-b8": train_cfg("hf", 8, gc=False, workers=4),
-    "hf-w4-fp8-gc-b32": train_cfg("hf", 32, gc=True, fp8=True, workers=4),
-    "hf-w4-fp8-nogc-b8": train_cfg("hf", 8, gc=False, fp8=True, workers=4),
-    "hf-w4-fp8-nogc-b6": train_cfg("hf", 6, gc=False, fp8=True, workers=4),
     "score-w4-b32": score_cfg(32, workers=4),
     "score-w4-merge-b32": score_cfg(32, workers=4, merge=True),
-    "score-w4-merge-fp8-b32": score_cfg(32, workers=4, merge=True, fp8=True),
-    "score-w6-merge-fp8-b64": score_cfg(64, workers=6, merge=True, fp8=True),
-    "score-w6-merge-fp8-compile-b64": score_cfg(64, workers=6, merge=True, fp8=True, compile_=True),
     "score-compile-b64": score_cfg(64, compile_=True),
     "score-merge-compile-b64": score_cfg(64, merge=True, compile_=True),
     "score-w6-merge-compile-b64": score_cfg(64, workers=6, merge=True, compile_=True),
 }
-SMOKE_CONFIGS = ["ref-hf-gc-b16", "ref-unsloth4-b32", "ref-score-b32", "hf-w4-fp8-nogc-b8", "score-w4-merge-fp8-b32",
-                 "score-w6-merge-fp8-compile-b64"]
+SMOKE_CONFIGS = ["ref-hf-gc-b16", "ref-unsloth4-b32", "ref-score-b32", "hf-w4-nogc-b8", "score-w4-merge-b32",
+                 "score-w6-merge-compile-b64"]
 REF_TRAIN, REF_LOSS, REF_SCORE = "ref-unsloth4-b32", "ref-hf-gc-b16", "ref-score-b32"
 
 
@@ -122,12 +114,17 @@ REF_TRAIN, REF_LOSS, REF_SCORE = "ref-unsloth4-b32", "ref-hf-gc-b16", "ref-score
 
 
 def base_params(args) -> dict:
-    """params.yaml with the bench's data, model and size settings."""
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    """params.yaml (as a mapping) with the bench's data, model and size settings."""
+    p = config.read_yaml(ROOT / "params.yaml")
     p["data"].update(source="demo", demo_images=args.demo_images)
     p["render"].update(size=args.size, workers=max(1, min(8, os.cpu_count() or 1)), shard_size=100000)
     p["model"]["preset"] = args.preset
     return p
+
+
+def settings(params: dict, where: str = "bench params") -> config.Params:
+    """A params mapping (the bench's changed copy of params.yaml) as the typed settings a stage builds."""
+    return config.from_dict({k: v for k, v in params.items() if k != "bench"}, where)
 
 
 def config_params(base: dict, cfg: dict, warmup: int, steps: int) -> dict:
@@ -167,20 +164,20 @@ def make_rows(args, params: dict, work: Path) -> tuple[list[dict], dict]:
     from maskgate.data import prepare
     from maskgate.render import shards
     from maskgate.utils import tables
+    from maskgate.model.base import local_size
     from maskgate.model.batching import answer_ids, prompt_text
-    from maskgate.prompt import Prompt
 
+    s = settings(params)
     data = work / f"data-{args.size}px-{args.demo_images}"
     if not (data / "rendered").is_dir():
-        prepare.prepare(params, data / "prepared")
-        negatives.build(data / "prepared", data / "negatives", params["negatives"], int(params["seed"]))
-        shards.render(data / "prepared", data / "negatives", data / "rendered", params)
+        prepare.prepare(s.data, s.prepare, s.seed, data / "prepared")
+        negatives.build(data / "prepared", data / "negatives", s.negatives, s.seed)
+        shards.render(data / "prepared", data / "negatives", data / "rendered", s.render, s.prompt)
     rows = list(tables.iter_shards(data / "rendered", "train"))
-    from maskgate.model.train import local_size
 
-    prompt = Prompt.from_params(params)
+    prompt = s.prompt
     # the tokenizer build_tiny gives the local preset (random-8b uses the tiny one too)
-    processor = M.set_image_bounds(M.tiny_processor(prompt, M.TinySize(**local_size(params, args.preset)).vocab_size))
+    processor = M.set_image_bounds(M.tiny_processor(prompt, M.TinySize(**local_size(s.model)).vocab_size))
     tok = processor.tokenizer
     image = M.image_token_count(args.size)
 
@@ -240,7 +237,7 @@ def peak_gib():
 
 
 def worker_matmul(args, spec) -> dict:
-    """bf16 torch.mm TFLOP/s (and FP8 _scaled_mm, for the FP8 lever's ceiling) on this device."""
+    """bf16 torch.mm TFLOP/s on this device."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -259,41 +256,32 @@ def worker_matmul(args, spec) -> dict:
         sync()
         return 2 * n**3 * reps / (time.perf_counter() - t)
 
-    out = {"matmul_n": n, "matmul_dtype": str(dtype).replace("torch.", ""), "bf16_flops_per_s": rate(lambda: a @ b)}
-    try:
-        from maskgate.model.fp8 import quantize_rows
-
-        a8, sa = quantize_rows(a)
-        b8, sb = quantize_rows(b.t().contiguous())
-        sb = sb.t().contiguous()
-        out["fp8_flops_per_s"] = rate(lambda: torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb, out_dtype=dtype))
-    except Exception as e:  # the FP8 figure is informative only
-        out["fp8_error"] = f"{type(e).__name__}: {e}"[:300]
-    return out
+    return {"matmul_n": n, "matmul_dtype": str(dtype).replace("torch.", ""), "bf16_flops_per_s": rate(lambda: a @ b)}
 
 
 def worker_build(args, spec) -> dict:
     """Build (or find) the local preset's base folder once, before the timed configurations."""
     import torch
 
-    from maskgate.model.train import build_local_base
+    from maskgate.model.base import build_local_base
 
+    s = settings(spec["params"])
     cuda = torch.cuda.is_available()
     t = time.time()
-    base = build_local_base(spec["params"], args.preset, Path(spec["model_dir"]), "cuda" if cuda else "cpu",
+    base = build_local_base(s.model, s.prompt, s.seed, Path(spec["model_dir"]), "cuda" if cuda else "cpu",
                             torch.bfloat16 if cuda else torch.float32)
     return {"base": str(base), "build_s": round(time.time() - t, 1)}
 
 
 def worker_train(args, spec) -> dict:
-    params, warmup, steps = spec["params"], spec["warmup"], spec["steps"]
-    from maskgate.model.train import resolve_backend
+    from maskgate.model.backend import resolve_backend
 
-    backend = resolve_backend(params)  # before transformers: unsloth must patch it first
+    s, warmup, steps = settings(spec["params"]), spec["warmup"], spec["steps"]
+    backend = resolve_backend(s.train, s.model.preset)  # before transformers: unsloth must patch it first
     import torch
     from transformers import TrainerCallback
 
-    from maskgate.model.train import train
+    from maskgate.model.train import TrainJob, train
 
     marks, losses = {}, []
 
@@ -313,8 +301,8 @@ def worker_train(args, spec) -> dict:
                 losses.append({"step": state.global_step, "loss": float(logs["loss"])})
 
     work = Path(spec["work"])
-    summary = train(params, Path(spec["rendered"]), Path(spec["model_dir"]), work / "checkpoints", work / "live",
-                    backend=backend, callbacks=[Timer()])
+    summary = train(TrainJob.of(s), Path(spec["rendered"]), Path(spec["model_dir"]), work / "checkpoints",
+                    work / "live", backend=backend, callbacks=[Timer()])
     if "t0" not in marks or "t1" not in marks:
         raise RuntimeError(f"timer saw steps up to {summary['global_step']}, wanted {warmup + steps}")
     measured = [x["loss"] for x in losses if warmup < x["step"] <= warmup + steps]
@@ -331,31 +319,33 @@ def worker_score(args, spec) -> dict:
 
     from maskgate.model import qwen as M
     from maskgate.model import speedups
-    from maskgate.prompt import Prompt
-    from maskgate.utils import tables
+    from maskgate.model.base import build_local_base, lora_config
+    from maskgate.model.batching import to_example
     from maskgate.model.scoring import score
-    from maskgate.model.train import build_local_base, lora_config, max_length, to_example, train_settings
+    from maskgate.model.train import TrainJob
+    from maskgate.utils import tables
 
-    params, warmup, steps, bs = spec["params"], spec["warmup"], spec["steps"], spec["batch"]
+    s, warmup, steps, bs = settings(spec["params"]), spec["warmup"], spec["steps"], spec["batch"]
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    base = build_local_base(params, args.preset, Path(spec["model_dir"]), device, dtype)
+    base = build_local_base(s.model, s.prompt, s.seed, Path(spec["model_dir"]), device, dtype)
     model, processor = M.load(base, device=device, dtype=dtype)
     # a LoRA adapter as evaluate loads one (unmerged); B drawn small instead of zero, so merging really changes weights
-    set_seed(int(params["seed"]))  # the same adapter in every configuration: P(ACCEPT) comparable across them
-    model = get_peft_model(model, lora_config(train_settings(params)["lora"]))
-    gen = torch.Generator().manual_seed(int(params["seed"]))
+    set_seed(s.seed)  # the same adapter in every configuration: P(ACCEPT) comparable across them
+    model = get_peft_model(model, lora_config(s.train.lora))
+    gen = torch.Generator().manual_seed(s.seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 1e-3)
-    model = speedups.for_scoring(model, params["evaluate"], "bench")
-    prompt = Prompt.from_params(params)
+    scoring = speedups.Scoring.of(s.evaluate)
+    model = speedups.for_scoring(model, scoring, "bench")
+    prompt = s.prompt
     shard_rows = list(tables.iter_shards(Path(spec["rendered"]), "train"))
     measured = [to_example(r) for r in shard_rows[: steps * bs]]
     warm = [to_example(r) for r in shard_rows[steps * bs : (steps + warmup) * bs]]
-    seq = max_length(params)
-    workers = speedups.speed_settings(params["evaluate"])["workers"]
+    seq = TrainJob.of(s).max_length  # the train stage's budget, which evaluate reads back from verifier.json
+    workers = scoring.workers
     score(model, processor, prompt, warm, seq, bs, desc="warm-up", workers=workers)
     sync()
     t = time.perf_counter()
@@ -403,7 +393,6 @@ def measure(args, name: str, cfg: dict, base: dict, rows: list[dict], facts: dic
             model_dir: Path, timeout: int) -> dict:
     """Run one configuration and add its derived figures (examples/s, tokens/s, MFU, ...)."""
     from maskgate.model import flops
-    from maskgate.model.train import train_settings
 
     batch = cfg["micro_batch_size"] if cfg["kind"] == "train" else cfg["batch_size"]
     n = (args.warmup + args.steps) * batch
@@ -415,6 +404,11 @@ def measure(args, name: str, cfg: dict, base: dict, rows: list[dict], facts: dic
         params["evaluate"].update(cfg["evaluate"], batch_size=batch)
         params["train"]["max_text_tokens"] = text_budget(base)
     params.pop("bench", None)
+    try:
+        lora = settings(params, f"{name}'s params").train.lora  # checked here, before its process starts
+    except config.ParamsError as e:
+        print(f"{name}: {e}", flush=True)
+        return {"name": name, "status": f"failed: {e}", "kind": cfg["kind"], "batch": batch}
     shutil.rmtree(args.work / name, ignore_errors=True)  # checkpoints of an earlier run would be resumed from
     spec = {"kind": cfg["kind"], "params": params, "warmup": args.warmup, "steps": args.steps, "batch": batch,
             "rendered": str(rendered), "model_dir": str(model_dir), "work": str(args.work / name)}
@@ -423,13 +417,12 @@ def measure(args, name: str, cfg: dict, base: dict, rows: list[dict], facts: dic
     if out["status"] != "ok":
         return out
     shape = flops.Shape.from_config(model_config(model_dir))
-    lora = train_settings(params)["lora"]
     tokens = facts["tokens"] if cfg["kind"] == "train" else facts["tokens"] - facts["answer_tokens"]
     if cfg["kind"] == "train":
-        model_f = flops.training_flops(shape, tokens, facts["image_tokens"], lora["r"], lora["targets"],
+        model_f = flops.training_flops(shape, tokens, facts["image_tokens"], lora.r, lora.targets,
                                        facts["answer_tokens"])
         gc = cfg["train"]["gradient_checkpointing"] if cfg["backend"] == "hf" else True  # Unsloth always checkpoints
-        hw_f = flops.hardware_flops(shape, tokens, facts["image_tokens"], lora["r"], lora["targets"],
+        hw_f = flops.hardware_flops(shape, tokens, facts["image_tokens"], lora.r, lora.targets,
                                     facts["answer_tokens"], checkpointing=bool(gc))
     else:
         model_f = hw_f = flops.scoring_flops(shape, tokens, facts["image_tokens"])
@@ -473,8 +466,7 @@ def fmt(v, spec):
 
 
 def table(results: dict, rate: dict) -> str:
-    lines = [f"bf16 torch.mm {fmt(rate.get('bf16_flops_per_s') and rate['bf16_flops_per_s'] / 1e12, '.0f')} TFLOP/s, "
-             f"fp8 _scaled_mm {fmt(rate.get('fp8_flops_per_s') and rate['fp8_flops_per_s'] / 1e12, '.0f')} TFLOP/s "
+    lines = [f"bf16 torch.mm {fmt(rate.get('bf16_flops_per_s') and rate['bf16_flops_per_s'] / 1e12, '.0f')} TFLOP/s "
              f"(n={rate.get('matmul_n')}, {rate.get('device', '?')})",
              f"{'config':34} {'batch':>5} {'ex/s':>7} {'x ref':>6} {'tok/s':>8} {'tok/ex':>6} {'peak GiB':>8} "
              f"{'MFU':>6} {'HFU':>6} {'loss':>8} {'|dloss|':>8} {'max|dP|':>8}  status"]

@@ -1,4 +1,4 @@
-"""Issue 7's speed work on CPU: FLOPs count, the FP8 layer, the scoring speed settings, the bench end to end."""
+"""Issue 7's speed work on CPU: FLOPs count, the scoring speed settings, the bench end to end."""
 import json
 import subprocess
 import sys
@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from maskgate.model import flops
-from maskgate.model import fp8
 from maskgate.model import speedups
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -71,69 +70,30 @@ def test_flops_of_the_8b_shape_give_the_facts_floor():
     assert 72 < 790e12 / flops.scoring_flops(s, 616, 441) < 75
 
 
-# ---------------------------------------------------------------------------------------------- FP8
+# ---------------------------------------------------------------------------------------------- speed settings
 
 
-def test_fp8_layer_matches_the_linear_within_fp8_rounding():
-    torch.manual_seed(0)
-    linear = nn.Linear(64, 96).requires_grad_(False)
-    layer = fp8.FrozenFp8Linear.from_linear(linear)
-    x = torch.randn(3, 5, 64, requires_grad=True)
-    y, y0 = layer(x), linear(x)
-    assert y.shape == y0.shape
-    assert (y - y0).abs().max() < 0.05 * y0.abs().max()  # e4m3: 3 mantissa bits
-    assert (y - y0).abs().max() > 0  # it really ran in FP8
-    g = torch.randn_like(y)
-    (gx,), (gx0,) = torch.autograd.grad(y, x, g), torch.autograd.grad(y0, x, g)
-    assert (gx - gx0).abs().max() < 0.05 * gx0.abs().max()
-    assert not any(p.requires_grad for p in layer.parameters())
-
-
-def test_fp8_refuses_trained_or_odd_layers():
-    with pytest.raises(ValueError, match="frozen"):
-        fp8.FrozenFp8Linear.from_linear(nn.Linear(32, 32))
-    with pytest.raises(ValueError, match="divisible by 16"):
-        fp8.FrozenFp8Linear.from_linear(nn.Linear(24, 32).requires_grad_(False))
-
-
-def test_fp8_converts_only_the_frozen_decoder_linears(tiny_qwen3vl_dir, params):
-    from peft import get_peft_model
-
-    from maskgate.model import qwen as M
-    from maskgate.model.train import lora_config, train_settings
-
-    model, _ = M.load(tiny_qwen3vl_dir)
-    model = get_peft_model(model, lora_config(train_settings(params)["lora"]))
-    n = fp8.convert(model)
-    assert n == 7 * model.config.text_config.num_hidden_layers  # the base_layer of every LoRA layer
-    for name, m in model.named_modules():
-        if isinstance(m, fp8.FrozenFp8Linear):
-            assert name.endswith(".base_layer") and "language_model.layers." in name
-    assert type(model.get_output_embeddings()) is nn.Linear
-    assert all(type(m) is nn.Linear for n_, m in model.named_modules() if "visual" in n_ and isinstance(m, nn.Linear))
-
-
-def test_fp8_and_compile_are_noops_that_say_why_off_cuda(tiny_qwen3vl_dir):
+def test_compile_is_a_noop_that_says_why_off_cuda(tiny_qwen3vl_dir):
     from maskgate.model import qwen as M
     said = []
     model, _ = M.load(tiny_qwen3vl_dir)
-    out = speedups.for_scoring(model, {"merge_adapter": False, "fp8": True, "compile": True, "workers": 0}, "test",
-                               print_fn=said.append)
-    assert out is model and not any(isinstance(m, fp8.FrozenFp8Linear) for m in model.modules())
-    assert any("fp8 requested but device cpu is not a CUDA GPU" in s for s in said)
+    scoring = speedups.Scoring(batch_size=2, workers=0, merge_adapter=False, compile=True)
+    out = speedups.for_scoring(model, scoring, "test", print_fn=said.append)
+    assert out is model and not out.training
     assert any("compile requested but device cpu is not a CUDA GPU" in s for s in said)
-    with pytest.raises(ValueError, match="evaluate.workers"):
-        speedups.speed_settings({"merge_adapter": False, "fp8": False, "compile": False, "workers": -1})
-    with pytest.raises(ValueError, match=r"lack \['fp8', 'compile'\]"):  # no defaults in code: params.yaml's
-        speedups.speed_settings({"merge_adapter": False, "workers": 0})
 
 
-def test_train_fp8_is_checked(params):
-    from maskgate.model.train import ParamsError, train_settings
+def test_scoring_settings_are_the_evaluate_section(params):
+    from maskgate import config
 
-    params["train"]["fp8"] = "yes"
-    with pytest.raises(ParamsError, match="train.fp8"):
-        train_settings(params)
+    params["evaluate"].update(batch_size=4, workers=2, merge_adapter=False, compile=True)
+    scoring = speedups.Scoring.of(config.from_dict(params).evaluate)
+    assert scoring == speedups.Scoring(batch_size=4, workers=2, merge_adapter=False, compile=True)
+    params["evaluate"]["workers"] = -1
+    with pytest.raises(config.ParamsError, match="evaluate.workers"):
+        config.from_dict(params)
+    with pytest.raises(ValueError, match="recorded scoring settings"):  # no defaults in code: all four keys
+        speedups.Scoring.from_dict({"batch_size": 4, "workers": 0}, "test")
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -156,8 +116,8 @@ def test_merged_adapter_and_workers_keep_p_accept(tiny_qwen3vl_dir, verifier_pro
     p0 = score(model, processor, verifier_prompt, examples, 256, batch_size=2)
     p1 = score(model, processor, verifier_prompt, examples, 256, batch_size=2, workers=2)
     np.testing.assert_array_equal(p0, p1)
-    merged = speedups.for_scoring(model, {"merge_adapter": True, "fp8": False, "compile": False, "workers": 0}, "test",
-                                  print_fn=lambda s: None)
+    merged = speedups.for_scoring(model, speedups.Scoring(batch_size=2, workers=0, merge_adapter=True, compile=False),
+                                  "test", print_fn=lambda s: None)
     assert not hasattr(merged, "peft_config")
     np.testing.assert_allclose(score(merged, processor, verifier_prompt, examples, 256, batch_size=2), p0, atol=1e-5)
 
@@ -170,15 +130,17 @@ def test_throughput_bench_smoke(tmp_path):
     """The bench end to end on CPU: data, matmul rate, base build, a training and a scoring config, JSON out."""
     out = tmp_path / "out"
     cmd = [sys.executable, "bench/throughput.py", "--smoke", "--out", str(out), "--work", str(tmp_path / "work"),
-           "--configs", "ref-hf-gc-b16,ref-unsloth4-b32,ref-score-b32,score-w4-merge-fp8-b32"]
+           "--configs", "ref-hf-gc-b16,ref-unsloth4-b32,ref-score-b32,score-w4-merge-b32"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     train = json.loads((out / "ref-hf-gc-b16.json").read_text())
     assert train["status"] == "ok" and train["examples"] == 2 * 2 and train["examples_per_s"] > 0
     assert len(train["loss_steps"]) == 3 and all(np.isfinite(x["loss"]) for x in train["loss_steps"])
     assert train["mfu"] > 0 and train["hfu"] > train["mfu"]  # checkpointing recomputes
-    ref, fast = (json.loads((out / f"{n}.json").read_text()) for n in ("ref-score-b32", "score-w4-merge-fp8-b32"))
-    assert len(ref["p_accept"]) == 4 and fast["max_dp_vs_ref"] < 1e-4  # CPU: fp8 is off, merge is exact to fp32
+    ref, fast = (json.loads((out / f"{n}.json").read_text()) for n in ("ref-score-b32", "score-w4-merge-b32"))
+    # the same adapter (B drawn non-zero) merged, batches from 2 worker processes: P(ACCEPT) equal to fp32 rounding
+    assert fast["status"] == "ok" and fast["settings"] == {"workers": 2, "merge_adapter": True, "compile": False}
+    assert len(ref["p_accept"]) == len(fast["p_accept"]) == 4 and fast["max_dp_vs_ref"] < 1e-4
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert {x["name"]: x["status"] for x in lines}["ref-unsloth4-b32"].startswith("skipped")
     assert "ref-hf-gc-b16" in p.stdout and "MFU" in p.stdout
