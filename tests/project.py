@@ -4,6 +4,7 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+GENERATED = ("data/prepared", "data/negatives", "data/rendered", "data/scores")  # stage outputs, never copied
 GIT = ["git", "-c", "user.name=maskgate tests", "-c", "user.email=tests@maskgate.invalid"]
 
 
@@ -20,7 +21,7 @@ def project_copy(repo: Path, params_text: str | None = None) -> Path:
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     for f in files:
-        if (ROOT / f).is_file() and not f.startswith("data/"):
+        if (ROOT / f).is_file() and not f.startswith(GENERATED):
             (repo / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, repo / f)
     if params_text is not None:

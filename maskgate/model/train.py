@@ -83,6 +83,7 @@ def load_split(rendered: Path, split: str):
     from datasets import load_dataset
 
     from maskgate.utils import tables
+
     files = sorted(str(p) for p in Path(rendered).glob(f"{split}-*.parquet"))
     if not files:
         raise FileNotFoundError(f"no {split}-*.parquet shards in {rendered}; run the render stage first")
