@@ -173,15 +173,12 @@ class Params:
 
 
 def from_dict(params: dict, where: str = "params") -> Params:
-    """`params` (params.yaml's mapping) as typed settings; ParamsError naming the first bad key."""
-    try:
-        return TypeAdapter(Params).validate_python(params)
-    except ValidationError as e:
-        raise ParamsError(f"{where}: {describe(e)}") from None
+    """`params` (params.yaml's mapping) as typed settings; ParamsError naming the bad keys."""
+    return from_section(Params, params, where)
 
 
 def from_section(kind: type, section: dict, where: str):
-    """One section as its dataclass (a copy recorded in an output, e.g. verifier.json's render)."""
+    """A mapping as `kind`: the whole file, or one section recorded in an output (verifier.json's render)."""
     try:
         return TypeAdapter(kind).validate_python(section)
     except ValidationError as e:

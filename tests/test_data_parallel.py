@@ -154,7 +154,7 @@ def test_two_processes_match_one_and_resume_after_a_kill_on_either_count(rendere
 
 
 def test_data_parallel_runs_on_hf_and_refuses_unsloth_before_launching(tmp_path, monkeypatch):
-    """Unsloth under torchrun failed on Qwen3-VL on two H100s (BENCHMARKS.md): auto picks hf, unsloth is refused."""
+    """Unsloth under torchrun failed on Qwen3-VL on two H100s (docs/benchmarks.md): auto picks hf, unsloth is refused."""
     params = dp_params(2)
     params["train"]["backend"] = "auto"
     assert resolve_backend(settings(params).train, "tiny") == "hf"

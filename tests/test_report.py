@@ -232,7 +232,10 @@ def test_report_of_two_demo_experiments(two_demo_experiments):
     repo, _ = two_demo_experiments
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo))
     exps = {e["name"]: e["revs"][0]["data"] for commit in shown for e in (commit.get("experiments") or []) if e.get("name")}
-    old, new = (flatten(exps[n]["metrics"]["reports/metrics.json"]["data"]) for n in ("first", "second"))
+    # both metrics files: evaluate's headline (reports/metrics.json) and train's (reports/train.json)
+    old, new = ({k: v for f in ("reports/metrics.json", "reports/train.json")
+                 for k, v in flatten(exps[n]["metrics"][f]["data"]).items()} for n in ("first", "second"))
+    assert {"auroc", "hard_auroc", "train_loss", "eval_auroc"} <= set(old)
     changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
     assert "auroc" in changed  # a different lr trains a different verifier
 

@@ -37,7 +37,7 @@ def import_unsloth() -> bool:
 
 UNSLOTH_DATA_PARALLEL = (
     "train.backend=unsloth does not run data-parallel: Unsloth 2026.10.9 failed on Qwen3-VL under torchrun "
-    "('too many values to unpack', BENCHMARKS.md); use train.backend: hf (auto picks it) with train.gpus > 1"
+    "('too many values to unpack', docs/benchmarks.md); use train.backend: hf (auto picks it) with train.gpus > 1"
 )
 
 
@@ -57,7 +57,7 @@ def resolve_backend(cfg: Train, preset: str) -> str:
     if cfg.gpus > 1 or world_size() > 1:
         if want == "unsloth":
             raise ParamsError(UNSLOTH_DATA_PARALLEL)
-        return "hf"  # auto: the data-parallel path that ran (BENCHMARKS.md)
+        return "hf"  # auto: the data-parallel path that ran (docs/benchmarks.md)
     if want == "unsloth":
         if not cuda_available():
             raise ParamsError("train.backend=unsloth needs a CUDA GPU (on CPU `import unsloth` breaks transformers)")

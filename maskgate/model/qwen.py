@@ -364,7 +364,7 @@ def check_device(src: str, revision: str | None, cuda: bool) -> None:
     n = parameter_count(src, revision)
     if n > CPU_MAX_PARAMETERS:
         raise ValueError(f"the base model {src} has {n / 1e9:.1f}B parameters and no CUDA GPU is available: "
-                         "train it on a GPU (README: RunPod), or set model.preset: tiny for a CPU run")
+                         "train it on a GPU (docs/runpod.md), or set model.preset: tiny for a CPU run")
 
 
 def require_safetensors(folder: str | Path, what: str = "model", weights: str = "*.safetensors") -> None:

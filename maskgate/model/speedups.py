@@ -1,7 +1,7 @@
 """Speed settings for scoring (evaluate and the gate): the model made faster once it is loaded.
 
 Each one keeps P(ACCEPT) equal within rounding, and each is off until bench/throughput.py has
-measured it (BENCHMARKS.md):
+measured it (docs/benchmarks.md):
 
 * `merge_adapter`: fold the LoRA adapter into the base weights (peft `merge_and_unload`), so a
   forward pass is the base model's alone, with no LoRA branch beside each projection. Exact up to

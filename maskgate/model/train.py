@@ -4,7 +4,7 @@ Two backends run the same loop (same dataset, same collator, same Trainer subcla
 
 * ``hf``: transformers + peft. The CPU path (tests, demo) and a plain GPU path.
 * ``unsloth``: Unsloth's ``FastVisionModel`` (16-bit LoRA or 4-bit QLoRA), faster on one GPU
-  (BENCHMARKS.md). Only on a machine with CUDA.
+  (docs/benchmarks.md). Only on a machine with CUDA.
 
 Which one runs is ``backend.resolve_backend`` (it also holds the import-order rule); the base model
 and its LoRA are ``base``; resume is ``checkpoints``; the curves are ``curves``. This module reads top
