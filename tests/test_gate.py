@@ -265,6 +265,9 @@ def test_killed_on_a_large_manifest_loses_nothing(tmp_path, small_verifier):
     summary = json.loads((out / gate.SUMMARY).read_text())
     assert summary["errors"] == {"missing_image": n // 100} and summary["lines"] == n
     assert summary["auto_pass"] + summary["needs_review"] == n
+    # the review queue: one kept overlay per scored needs-review line, no torn temporary file left
+    assert len(list((out / "review").glob("*.jpg"))) == summary["needs_review"] - summary["bad_lines"]
+    assert not list((out / "review").glob(".*.tmp")) and (out / "review.html").is_file()
 
 
 def test_demo_manifest_routes_through_the_gate(tmp_path, loaded_gate):
