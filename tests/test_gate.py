@@ -226,7 +226,9 @@ def test_cli_scores_one_candidate_and_a_manifest(tmp_path, small_verifier, capsy
         assert one["decision"] == "ACCEPT" and one["route"] == "auto_pass" and 0 <= one["p_accept"] <= 1
         assert main(["verify", str(manifest), "--model", str(small_verifier), "--threshold", "1",
                      "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
-        assert "2 lines: 0 auto-pass, 2 need review (1 bad: empty_group 1)" in capsys.readouterr().out
+        shown = capsys.readouterr()
+        assert "2 lines: 0 auto-pass, 2 need review (1 bad: empty_group 1)" in shown.err and shown.out == ""
+        assert (tmp_path / "out" / "review.html").is_file()
         assert main(["verify", str(manifest), "--model", str(small_verifier), "--out", str(tmp_path / "o2"),
                      "--operating-point", str(tmp_path / "missing.json")]) == 1
         assert "run `dvc repro evaluate`, or pass --threshold" in capsys.readouterr().err
