@@ -1,4 +1,6 @@
-"""The `maskgate` command: tools around the pipeline (the pipeline itself runs through `dvc repro`)."""
+"""The `maskgate` command: tools around the pipeline (the pipeline itself runs through `dvc repro`).
+
+Every status line goes to stderr; stdout is kept for results a script reads (verify's JSON)."""
 from __future__ import annotations
 
 import argparse
@@ -40,7 +42,7 @@ def cmd_export(args) -> int:
         print(f"export: no rendered shards in {args.rendered}; run `dvc repro render` first", file=sys.stderr)
         return 1
     counts = export(args.rendered, args.out)
-    print(f"export: wrote {counts} rows to {args.out}")
+    print(f"export: wrote {counts} rows to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -54,7 +56,7 @@ def cmd_report(args) -> int:
     except ReportError as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 1
-    print(f"report: wrote {path}")
+    print(f"report: wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -63,7 +65,7 @@ def cmd_demo_manifest(args) -> int:
 
     path = gate_manifest(args.out, args.images, args.seed)
     print(f"demo-manifest: wrote {len(path.read_text().splitlines())} candidates to {path}; "
-          f"next: maskgate verify {path} --out {args.out / 'gate'}")
+          f"next: maskgate verify {path} --out {args.out / 'gate'}", file=sys.stderr)
     return 0
 
 

@@ -86,3 +86,9 @@ def test_version():
     want = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     p = subprocess.run(MASKGATE + ["--version"], env=ENV, capture_output=True, text=True)
     assert (p.returncode, p.stdout, p.stderr) == (0, f"maskgate {want}\n", "")
+
+
+def test_other_commands_print_status_on_stderr(tmp_path, capsys):
+    assert main(["demo-manifest", "--out", str(tmp_path / "demo"), "--images", "1"]) == 0
+    shown = capsys.readouterr()
+    assert shown.out == "" and shown.err.startswith("demo-manifest: wrote ")
