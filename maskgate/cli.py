@@ -1,8 +1,38 @@
-"""The `maskgate` command: tools around the pipeline (the pipeline itself runs through `dvc repro`)."""
+"""The `maskgate` command: tools around the pipeline (the pipeline itself runs through `dvc repro`).
+
+Every status line goes to stderr; stdout is kept for results a script reads (verify's JSON)."""
 from __future__ import annotations
 
 import argparse
 import sys
+
+# `verify --exit-code` (one candidate), for a shell script that gates on it; grep's convention.
+EXIT_ACCEPT, EXIT_REVIEW, EXIT_ERROR = 0, 1, 2
+EXIT_CODES = ("exit status: 0 done; 1 failed, or the one candidate could not be read; 2 usage error. "
+              "With --exit-code (one candidate): 0 ACCEPT (auto-pass), 1 REJECT or unreadable (needs review), "
+              "2 usage error or any failure.")
+
+
+def version() -> str:
+    """The installed package's version; in a source tree that was never installed, pyproject.toml's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("maskgate")
+    except metadata.PackageNotFoundError:
+        import tomllib
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        return tomllib.loads(pyproject.read_text())["project"]["version"]
+
+
+def quiet_libraries() -> None:
+    """verify --quiet: transformers' own progress bar (loading weights) and its warnings off; errors stay."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
 
 
 def cmd_export(args) -> int:
@@ -12,7 +42,7 @@ def cmd_export(args) -> int:
         print(f"export: no rendered shards in {args.rendered}; run `dvc repro render` first", file=sys.stderr)
         return 1
     counts = export(args.rendered, args.out)
-    print(f"export: wrote {counts} rows to {args.out}")
+    print(f"export: wrote {counts} rows to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -26,7 +56,7 @@ def cmd_report(args) -> int:
     except ReportError as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 1
-    print(f"report: wrote {path}")
+    print(f"report: wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -35,35 +65,49 @@ def cmd_demo_manifest(args) -> int:
 
     path = gate_manifest(args.out, args.images, args.seed)
     print(f"demo-manifest: wrote {len(path.read_text().splitlines())} candidates to {path}; "
-          f"next: maskgate verify {path} --out {args.out / 'gate'}")
+          f"next: maskgate verify {path} --out {args.out / 'gate'}", file=sys.stderr)
     return 0
 
 
 def cmd_verify(args) -> int:
+    """Status lines go to stderr (stdout is one candidate's JSON, nothing else); --quiet drops them
+    and the progress bars, never an error."""
     from maskgate import gate
+    from maskgate.review import PAGE
+
     single = args.image is not None
     if single == (args.manifest is not None):
         print("verify: give a MANIFEST, or --image with --query and --mask (not both)", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     if single and (args.query is None or not args.mask):
         print("verify: --image needs --query and at least one --mask", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
+    if args.exit_code and not single:
+        print("verify: --exit-code is for one candidate (--image); a manifest's routes are in --out", file=sys.stderr)
+        return EXIT_ERROR
+
+    def status(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr)
+
     try:
         scoring, settings_from = scoring_settings(args.params, args.operating_point)
         batch_size = args.batch_size or scoring.batch_size
-        print(f"verify: scoring settings from {settings_from}", file=sys.stderr)
+        status(f"verify: scoring settings from {settings_from}")
         threshold, source = gate.threshold_from(args.operating_point, args.threshold)
+        if args.quiet:
+            quiet_libraries()
         g = gate.Gate(args.model, args.device, scoring)
         if single:
             return verify_one(g, args, threshold)
-        s = gate.run(args.manifest, args.out, g, threshold, source, batch_size, args.fresh)
+        s = gate.run(args.manifest, args.out, g, threshold, source, batch_size, args.fresh, progress=not args.quiet)
     except (OSError, ValueError) as e:  # OSError: no model, manifest or operating point; unsafe weights
         print(f"verify: {e}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR if args.exit_code else 1  # with --exit-code, 1 means "needs review" only
     reasons = ", ".join(f"{k} {v}" for k, v in s["errors"].items())
-    print(f"verify: {s['lines']} lines: {s['auto_pass']} auto-pass, {s['needs_review']} need review "
-          f"({s['bad_lines']} bad{': ' + reasons if reasons else ''}); threshold {s['threshold']:.4f} from "
-          f"{s['threshold_source']}; outputs in {args.out}")
+    status(f"verify: {s['lines']} lines: {s['auto_pass']} auto-pass, {s['needs_review']} need review "
+           f"({s['bad_lines']} bad{': ' + reasons if reasons else ''}); threshold {s['threshold']:.4f} from "
+           f"{s['threshold_source']}; outputs in {args.out}, the review queue in {args.out / PAGE}")
     return 0
 
 
@@ -85,7 +129,11 @@ def scoring_settings(params_path, operating_point):
 
 
 def verify_one(g, args, threshold: float) -> int:
-    """One image + query + masks from the command line: print the result as one JSON line."""
+    """One image + query + masks from the command line: print the result as one JSON line on stdout.
+
+    Returns 0 once scored, 1 for a candidate that cannot be read; with --exit-code 0 for ACCEPT and
+    1 for anything routed to needs_review (REJECT or unreadable), so `if maskgate verify ...` gates.
+    """
     import json
     from pathlib import Path
 
@@ -96,11 +144,13 @@ def verify_one(g, args, threshold: float) -> int:
         ex = g.example(gate.parse_line(1, text, Path.cwd()))
     except gate.BadLine as e:
         print(json.dumps({"error": e.reason, "detail": e.detail, "route": "needs_review"}))
-        return 1
+        return EXIT_REVIEW
     p = g.score([ex], 1)[0]
     accept = gate.decide(p, threshold)
     print(json.dumps({"p_accept": p, "decision": g.prompt.decision_names[0 if accept else 1],
                       "route": "auto_pass" if accept else "needs_review", "threshold": threshold}))
+    if args.exit_code:
+        return EXIT_ACCEPT if accept else EXIT_REVIEW
     return 0
 
 
@@ -108,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     ap = argparse.ArgumentParser(prog="maskgate", description=__doc__)
+    ap.add_argument("--version", action="version", version=f"maskgate {version()}")
     sub = ap.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="write rendered shards as overlay JPEGs + JSONL rows (one row per example: overlay path, prompt, label)",
                         description="Write the render stage's shards as overlay image files and JSONL rows "
@@ -137,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                     'path, ...]}, or one --image/--query/--mask on the command line. Overlays are drawn exactly as '
                     "the render stage draws them. A re-run with the same --out scores only lines not yet scored.",
         epilog="example: maskgate verify candidates.jsonl --out gate/   (outputs: results.jsonl, auto_pass.jsonl, "
-               "needs_review.jsonl, summary.json, scores.jsonl)")
+               "needs_review.jsonl, summary.json, scores.jsonl, and review.html with review/, the needs-review "
+               "lines with their overlays, to open in a browser). One candidate prints one JSON line on stdout; "
+               "status lines go to stderr. " + EXIT_CODES)
     vf.add_argument("manifest", nargs="?", type=Path, help="JSONL manifest, one candidate group per line")
     vf.add_argument("--image", type=Path, help="one image (instead of a manifest)")
     vf.add_argument("--query", help="the query for --image")
@@ -155,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
                          "in --operating-point are used (default: %(default)s)")
     vf.add_argument("--fresh", action="store_true", help="discard earlier scores in --out and start over")
     vf.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
+    vf.add_argument("-q", "--quiet", action="store_true", help="no status lines, no progress bars (errors still on stderr)")
+    vf.add_argument("--exit-code", action="store_true",
+                    help="one candidate: exit 0 for ACCEPT (auto-pass), 1 for REJECT or unreadable (needs review), "
+                         "2 for a usage error or failure")
     vf.set_defaults(func=cmd_verify)
     dm = sub.add_parser("demo-manifest", help="a gate manifest of unseen demo scenes, to try `verify` on the demo model",
                         description="Write demo scenes the demo model never saw (images/ + manifest.jsonl): per "

@@ -23,8 +23,10 @@ Outputs in the out folder:
 * ``auto_pass.jsonl`` / ``needs_review.jsonl``: the manifest lines themselves (with p_accept,
   decision or error added), split by route; bad lines go to needs_review.
 * ``summary.json``: counts per route and per error reason, the threshold and where it came from.
+* ``review.html`` + ``review/``: the needs-review lines as a page for a person, with the overlay
+  each was scored on (maskgate/review.py).
 
-The last four are rewritten whole (temporary name, then rename) at the end of every run, from
+All but the log are rewritten whole (temporary name, then rename) at the end of every run, from
 ``scores.jsonl`` and the current threshold.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Iterator
 
 from PIL import Image
 
+from maskgate import review
 from maskgate.data import masks
 from maskgate.data.validation import BadRow, clean_query
 from maskgate.model import speedups
@@ -164,15 +167,17 @@ class Gate:
         self.model, self.processor = load_verifier(model_dir, device)
         self.model = speedups.for_scoring(self.model, scoring, "gate")
 
-    def example(self, c: Candidate):
+    def example(self, c: Candidate, picture: bytes | None = None):
         """The model's input for a candidate: its overlay decoded as train and evaluate decode theirs.
 
+        `picture`: the overlay when the caller drew it already (run keeps it for the review page).
         BadLine if the query would not fit the token budget, so one line never fails a whole batch.
         """
         from maskgate.model.batching import check_lengths
         from maskgate.model.batching import to_example
 
-        ex = to_example({"overlay": overlay(c, self.style), "query": c.query, "label_text": None, "example_id": c.id})
+        picture = overlay(c, self.style) if picture is None else picture
+        ex = to_example({"overlay": picture, "query": c.query, "label_text": None, "example_id": c.id})
         try:
             check_lengths(self.processor, self.prompt, [ex], self.max_length, train=False)
         except ValueError as e:
@@ -180,11 +185,17 @@ class Gate:
         return ex
 
     def score(self, examples: list, batch_size: int) -> list[float]:
-        """P(ACCEPT) of each example (Gate.example's output), in order."""
-        from maskgate.model.scoring import score
+        """P(ACCEPT) of each example (Gate.example's output), in order.
 
-        p = score(self.model, self.processor, self.prompt, examples, self.max_length, batch_size, desc="gate: batch")
-        return [float(v) for v in p]
+        scoring.score_batch per batch, the very computation of scoring.score, without its per-batch
+        progress bar: run's bar counts lines, and one candidate from the command line is one batch.
+        (The model is in eval mode from load_verifier and never leaves it here.)
+        """
+        from maskgate.model.scoring import score_batch
+
+        return [float(v) for start in range(0, len(examples), batch_size)
+                for v in score_batch(self.model, self.processor, self.prompt, examples[start:start + batch_size],
+                                     self.max_length)]
 
 
 def read_log(path: Path) -> dict[int, dict]:
@@ -231,8 +242,10 @@ def run(manifest: Path, out_dir: Path, gate: Gate, threshold: float, threshold_s
         raise FileNotFoundError(f"manifest not found: {manifest}")
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / SCORES
-    if fresh and log_path.exists():
-        log_path.unlink()
+    if fresh:
+        if log_path.exists():
+            log_path.unlink()
+        review.clear(out_dir)  # kept overlays may be another model's drawing
     done = read_log(log_path)
     lines = list(read_lines(manifest))
     stale = [n for n, text in lines if n in done and done[n]["key"] != line_key(text)]
@@ -241,40 +254,51 @@ def run(manifest: Path, out_dir: Path, gate: Gate, threshold: float, threshold_s
                          "use another --out, or --fresh to start over")
     base_dir = manifest.parent
     todo = [(n, text) for n, text in lines if n not in done]
-    pending: list[tuple[dict, object]] = []  # (the line's log record so far, its Example); no images kept
+    # (the line's log record so far, its Example, its overlay JPEG): one batch of pictures at most
+    pending: list[tuple[dict, object, bytes]] = []
     with open(log_path, "a", encoding="utf-8") as log, tqdm(
         total=len(lines), initial=len(lines) - len(todo), desc="gate", unit="line", disable=not progress
     ) as bar:
         def flush():
-            p = gate.score([ex for _, ex in pending], batch_size)
-            append(log, [{**record, "p_accept": v} for (record, _), v in zip(pending, p)])
+            p = gate.score([ex for _, ex, _ in pending], batch_size)
+            for (record, _, picture), v in zip(pending, p):
+                if not decide(v, threshold):  # keep the very picture scored, for review.html
+                    review.write_overlay(out_dir, record["line"], record["key"], picture)
+            append(log, [{**record, "p_accept": v} for (record, _, _), v in zip(pending, p)])
             bar.update(len(pending))
             pending.clear()
 
         for number, text in todo:
             try:
                 c = parse_line(number, text, base_dir)
-                ex = gate.example(c)
+                picture = overlay(c, gate.style)
+                ex = gate.example(c, picture)
             except BadLine as e:
                 append(log, [error_record(number, text, e)])
                 bar.update(1)
                 continue
-            pending.append(({"line": c.line, "key": c.key, "id": c.id}, ex))
+            pending.append(({"line": c.line, "key": c.key, "id": c.id}, ex, picture))
             if len(pending) == batch_size:
                 flush()
         if pending:
             flush()
-    return route(lines, read_log(log_path), out_dir, threshold, threshold_source, gate.prompt.decision_names)
+
+    def redraw(number: int, text: str) -> bytes:
+        """A line scored earlier that needs review only now: drawn again by the same code, the same bytes."""
+        return overlay(parse_line(number, text, base_dir), gate.style)
+
+    return route(lines, read_log(log_path), out_dir, threshold, threshold_source, gate.prompt.decision_names, redraw)
 
 
 def route(lines: list[tuple[int, str]], done: dict[int, dict], out_dir: Path, threshold: float,
-          threshold_source: str, decision_names: tuple[str, str]) -> dict:
-    """Write results, auto_pass, needs_review and summary from the scores; return the summary.
+          threshold_source: str, decision_names: tuple[str, str], redraw) -> dict:
+    """Write results, auto_pass, needs_review, review.html and summary from the scores; return the summary.
 
     decision_names: Prompt.decision_names, the `decision` of an auto-passed line and of the rest
     (ACCEPT / REJECT; "not ACCEPT" for the rest when the prompt has more than two answers).
+    redraw(line, text): the overlay of a line, for review.write.
     """
-    results, passed, review, errors = [], [], [], Counter()
+    results, passed, needs, errors, queue = [], [], [], Counter(), []
     for number, text in lines:
         r = dict(done[number])
         r.pop("key")
@@ -292,12 +316,15 @@ def route(lines: list[tuple[int, str]], done: dict[int, dict], out_dir: Path, th
         except ValueError:
             original = {"line_text": text}
         extra = {k: v for k, v in r.items() if k not in ("line", "id")}
-        (passed if r["route"] == "auto_pass" else review).append({**original, "line": number, **extra})
-    for name, records in ((RESULTS, results), (AUTO_PASS, passed), (NEEDS_REVIEW, review)):
+        (passed if r["route"] == "auto_pass" else needs).append({**original, "line": number, **extra})
+        if r["route"] == "needs_review":
+            queue.append({**r, "key": done[number]["key"], "query": original.get("query"), "text": text})
+    for name, records in ((RESULTS, results), (AUTO_PASS, passed), (NEEDS_REVIEW, needs)):
         write_jsonl(records, out_dir / name)
-    summary = {"lines": len(lines), "auto_pass": len(passed), "needs_review": len(review),
+    summary = {"lines": len(lines), "auto_pass": len(passed), "needs_review": len(needs),
                "bad_lines": sum(errors.values()), "errors": dict(sorted(errors.items())),
                "threshold": threshold, "threshold_source": threshold_source}
+    review.write(out_dir, queue, summary, decision_names, redraw)
     tables.write_json(summary, out_dir / SUMMARY)
     return summary
 

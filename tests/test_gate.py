@@ -226,7 +226,9 @@ def test_cli_scores_one_candidate_and_a_manifest(tmp_path, small_verifier, capsy
         assert one["decision"] == "ACCEPT" and one["route"] == "auto_pass" and 0 <= one["p_accept"] <= 1
         assert main(["verify", str(manifest), "--model", str(small_verifier), "--threshold", "1",
                      "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
-        assert "2 lines: 0 auto-pass, 2 need review (1 bad: empty_group 1)" in capsys.readouterr().out
+        shown = capsys.readouterr()
+        assert "2 lines: 0 auto-pass, 2 need review (1 bad: empty_group 1)" in shown.err and shown.out == ""
+        assert (tmp_path / "out" / "review.html").is_file()
         assert main(["verify", str(manifest), "--model", str(small_verifier), "--out", str(tmp_path / "o2"),
                      "--operating-point", str(tmp_path / "missing.json")]) == 1
         assert "run `dvc repro evaluate`, or pass --threshold" in capsys.readouterr().err
@@ -265,6 +267,9 @@ def test_killed_on_a_large_manifest_loses_nothing(tmp_path, small_verifier):
     summary = json.loads((out / gate.SUMMARY).read_text())
     assert summary["errors"] == {"missing_image": n // 100} and summary["lines"] == n
     assert summary["auto_pass"] + summary["needs_review"] == n
+    # the review queue: one kept overlay per scored needs-review line, no torn temporary file left
+    assert len(list((out / "review").glob("*.jpg"))) == summary["needs_review"] - summary["bad_lines"]
+    assert not list((out / "review").glob(".*.tmp")) and (out / "review.html").is_file()
 
 
 def test_demo_manifest_routes_through_the_gate(tmp_path, loaded_gate):
