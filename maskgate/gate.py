@@ -22,9 +22,15 @@ Outputs in the out folder:
 * ``results.jsonl``: every manifest line in order: line, id, p_accept, decision, or error + detail.
 * ``auto_pass.jsonl`` / ``needs_review.jsonl``: the manifest lines themselves (with p_accept,
   decision or error added), split by route; bad lines go to needs_review.
+* ``needs_review.coco.json``: the needs-review groups as COCO annotations for review tools
+  (maskgate.interchange.review_coco): one RLE annotation per mask, p_accept among its attributes.
 * ``summary.json``: counts per route and per error reason, the threshold and where it came from.
 * ``review.html`` + ``review/``: the needs-review lines as a page for a person, with the overlay
   each was scored on (maskgate/review.py).
+
+A segmenter's output (COCO results, a mask folder) is turned into manifest lines by
+maskgate.interchange and scored by this same path (`run(..., built=...)`); a line that carries
+``input_error`` is one the conversion found bad, reported here with its reason.
 
 All but the log are rewritten whole (temporary name, then rename) at the end of every run, from
 ``scores.jsonl`` and the current threshold.
@@ -41,7 +47,7 @@ from typing import Iterator
 
 from PIL import Image
 
-from maskgate import review
+from maskgate import interchange, review
 from maskgate.data import masks
 from maskgate.data.validation import BadRow, clean_query
 from maskgate.model import speedups
@@ -52,6 +58,8 @@ from maskgate.utils.images import decode_image
 
 SCORES, RESULTS, AUTO_PASS, NEEDS_REVIEW, SUMMARY = (
     "scores.jsonl", "results.jsonl", "auto_pass.jsonl", "needs_review.jsonl", "summary.json")
+NEEDS_REVIEW_COCO = "needs_review.coco.json"
+CANDIDATES = "candidates.jsonl"  # the lines built from a segmenter's output, in the out folder
 
 
 class BadLine(ValueError):
@@ -97,6 +105,9 @@ def parse_line(number: int, text: str, base_dir: Path) -> Candidate:
         raise BadLine("bad_json", str(e)) from None
     if not isinstance(obj, dict):
         raise BadLine("bad_line", "a line must be a JSON object")
+    found = obj.get("input_error")
+    if isinstance(found, dict):  # what maskgate.interchange found wrong with the segmenter's entry
+        raise BadLine(str(found.get("reason", "bad_entry")), str(found.get("detail", "")))
     missing = [k for k in ("image", "query", "masks") if k not in obj]
     if missing:
         raise BadLine("bad_line", f"missing {', '.join(missing)}")
@@ -233,12 +244,18 @@ def append(log, records: list[dict]) -> None:
 
 
 def run(manifest: Path, out_dir: Path, gate: Gate, threshold: float, threshold_source: str,
-        batch_size: int = 16, fresh: bool = False, progress: bool = True) -> dict:
-    """Score every line of `manifest` not yet in `out_dir/scores.jsonl`, then write the routing."""
+        batch_size: int = 16, fresh: bool = False, progress: bool = True,
+        built: interchange.Built | None = None) -> dict:
+    """Score every line of `manifest` not yet in `out_dir/scores.jsonl`, then write the routing.
+
+    `built`: lines made from a segmenter's output (maskgate.interchange). They are written to
+    `manifest` only after the resume check passes, so a refused rerun leaves the scored lines in
+    place; `built.info` goes into summary.json as `input`.
+    """
     from tqdm.auto import tqdm
 
     manifest, out_dir = Path(manifest), Path(out_dir)
-    if not manifest.is_file():
+    if built is None and not manifest.is_file():
         raise FileNotFoundError(f"manifest not found: {manifest}")
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / SCORES
@@ -247,11 +264,13 @@ def run(manifest: Path, out_dir: Path, gate: Gate, threshold: float, threshold_s
             log_path.unlink()
         review.clear(out_dir)  # kept overlays may be another model's drawing
     done = read_log(log_path)
-    lines = list(read_lines(manifest))
+    lines = list(read_lines(manifest)) if built is None else list(enumerate(built.lines, start=1))
     stale = [n for n, text in lines if n in done and done[n]["key"] != line_key(text)]
     if stale:
         raise ValueError(f"{log_path} holds scores of another manifest (line {stale[0]} changed since): "
                          "use another --out, or --fresh to start over")
+    if built is not None:
+        write_jsonl_text(built.lines, manifest)
     base_dir = manifest.parent
     todo = [(n, text) for n, text in lines if n not in done]
     # (the line's log record so far, its Example, its overlay JPEG): one batch of pictures at most
@@ -287,16 +306,21 @@ def run(manifest: Path, out_dir: Path, gate: Gate, threshold: float, threshold_s
         """A line scored earlier that needs review only now: drawn again by the same code, the same bytes."""
         return overlay(parse_line(number, text, base_dir), gate.style)
 
-    return route(lines, read_log(log_path), out_dir, threshold, threshold_source, gate.prompt.decision_names, redraw)
+    return route(lines, read_log(log_path), out_dir, threshold, threshold_source, gate.prompt.decision_names, redraw,
+                 base_dir, built.info if built is not None else None)
 
 
 def route(lines: list[tuple[int, str]], done: dict[int, dict], out_dir: Path, threshold: float,
-          threshold_source: str, decision_names: tuple[str, str], redraw) -> dict:
-    """Write results, auto_pass, needs_review, review.html and summary from the scores; return the summary.
+          threshold_source: str, decision_names: tuple[str, str], redraw, base_dir: Path,
+          input_info: dict | None = None) -> dict:
+    """Write results, auto_pass, needs_review (also as COCO), review.html and summary from the scores;
+    return the summary.
 
     decision_names: Prompt.decision_names, the `decision` of an auto-passed line and of the rest
     (ACCEPT / REJECT; "not ACCEPT" for the rest when the prompt has more than two answers).
     redraw(line, text): the overlay of a line, for review.write.
+    base_dir: what the lines' paths are relative to (the manifest's folder), for the COCO file.
+    input_info: what maskgate.interchange counted building the lines, for summary.json's `input`.
     """
     results, passed, needs, errors, queue = [], [], [], Counter(), []
     for number, text in lines:
@@ -321,9 +345,12 @@ def route(lines: list[tuple[int, str]], done: dict[int, dict], out_dir: Path, th
             queue.append({**r, "key": done[number]["key"], "query": original.get("query"), "text": text})
     for name, records in ((RESULTS, results), (AUTO_PASS, passed), (NEEDS_REVIEW, needs)):
         write_jsonl(records, out_dir / name)
+    exported = interchange.write_review_coco(needs, base_dir, out_dir / NEEDS_REVIEW_COCO, threshold)
     summary = {"lines": len(lines), "auto_pass": len(passed), "needs_review": len(needs),
                "bad_lines": sum(errors.values()), "errors": dict(sorted(errors.items())),
-               "threshold": threshold, "threshold_source": threshold_source}
+               "threshold": threshold, "threshold_source": threshold_source, "needs_review_coco": exported}
+    if input_info is not None:
+        summary["input"] = input_info
     review.write(out_dir, queue, summary, decision_names, redraw)
     tables.write_json(summary, out_dir / SUMMARY)
     return summary
@@ -337,9 +364,22 @@ def write_jsonl(records: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def write_jsonl_text(lines: list[str], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(text + "\n" for text in lines)
+    os.replace(tmp, path)
+
+
 def verify(manifest: Path, model_dir: Path = Path("models/verifier"), out_dir: Path = Path("gate"),
            operating_point: Path | None = Path("reports/operating_point.json"), threshold: float | None = None,
-           scoring: Scoring = PLAIN, fresh: bool = False, device: str | None = None, progress: bool = True) -> dict:
-    """The gate from Python: score and route a manifest; returns the summary (see module doc)."""
+           scoring: Scoring = PLAIN, fresh: bool = False, device: str | None = None, progress: bool = True,
+           built: interchange.Built | None = None) -> dict:
+    """The gate from Python: score and route a manifest; returns the summary (see module doc).
+
+    `built`: a segmenter's output as lines (interchange.from_coco_results / from_mask_folder); they are
+    written to `manifest` (e.g. out_dir / CANDIDATES) and scored.
+    """
     t, source = threshold_from(operating_point, threshold)
-    return run(manifest, out_dir, Gate(model_dir, device, scoring), t, source, scoring.batch_size, fresh, progress)
+    return run(manifest, out_dir, Gate(model_dir, device, scoring), t, source, scoring.batch_size, fresh, progress,
+               built)
