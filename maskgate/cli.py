@@ -72,18 +72,37 @@ def cmd_demo_manifest(args) -> int:
 def cmd_verify(args) -> int:
     """Status lines go to stderr (stdout is one candidate's JSON, nothing else); --quiet drops them
     and the progress bars, never an error."""
-    from maskgate import gate
+    from maskgate import gate, interchange
     from maskgate.review import PAGE
 
-    single = args.image is not None
-    if single == (args.manifest is not None):
-        print("verify: give a MANIFEST, or --image with --query and --mask (not both)", file=sys.stderr)
+    given = [name for name, on in (("a MANIFEST", args.manifest is not None), ("--image", args.image is not None),
+                                   ("--coco-results", args.coco_results is not None),
+                                   ("--mask-folder", args.mask_folder is not None)) if on]
+    if len(given) != 1:
+        print(f"verify: give one input: a MANIFEST, --coco-results, --mask-folder, or --image with --query and --mask"
+              f"{' (not ' + ' and '.join(given) + ')' if given else ''}", file=sys.stderr)
         return EXIT_ERROR
+    single = args.image is not None
     if single and (args.query is None or not args.mask):
         print("verify: --image needs --query and at least one --mask", file=sys.stderr)
         return EXIT_ERROR
     if args.exit_code and not single:
         print("verify: --exit-code is for one candidate (--image); a manifest's routes are in --out", file=sys.stderr)
+        return EXIT_ERROR
+    coco, either = "--coco-results", "--coco-results or --mask-folder"
+    misplaced = [f"{flag} goes with {where}" for flag, value, where, allowed in (
+        ("--coco-images", args.coco_images, coco, args.coco_results),
+        ("--queries", args.queries, coco, args.coco_results),
+        ("--query-per", args.query_per, coco, args.coco_results),
+        ("--images-dir", args.images_dir, either, args.coco_results or args.mask_folder),
+        ("--score-floor", args.score_floor, either, args.coco_results or args.mask_folder)
+    ) if value is not None and allowed is None]
+    if misplaced:
+        print(f"verify: {'; '.join(misplaced)}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.coco_results is not None and args.images_dir is None:
+        print("verify: --coco-results needs --images-dir, the folder the images' file_name values are relative to",
+              file=sys.stderr)
         return EXIT_ERROR
 
     def status(line: str) -> None:
@@ -91,6 +110,14 @@ def cmd_verify(args) -> int:
             print(line, file=sys.stderr)
 
     try:
+        built = None
+        if args.coco_results is not None:
+            built = interchange.from_coco_results(args.coco_results, args.coco_images, args.images_dir, args.queries,
+                                                  args.query_per, args.score_floor)
+        elif args.mask_folder is not None:
+            built = interchange.from_mask_folder(args.mask_folder, args.images_dir, args.score_floor)
+        if built is not None:
+            status(f"verify: {describe_input(built.info)}")
         scoring, settings_from = scoring_settings(args.params, args.operating_point)
         batch_size = args.batch_size or scoring.batch_size
         status(f"verify: scoring settings from {settings_from}")
@@ -100,15 +127,32 @@ def cmd_verify(args) -> int:
         g = gate.Gate(args.model, args.device, scoring)
         if single:
             return verify_one(g, args, threshold)
-        s = gate.run(args.manifest, args.out, g, threshold, source, batch_size, args.fresh, progress=not args.quiet)
+        manifest = args.manifest if built is None else args.out / gate.CANDIDATES
+        s = gate.run(manifest, args.out, g, threshold, source, batch_size, args.fresh, progress=not args.quiet,
+                     built=built)
     except (OSError, ValueError) as e:  # OSError: no model, manifest or operating point; unsafe weights
-        print(f"verify: {e}", file=sys.stderr)
+        print(f"verify: {e}", file=sys.stderr)  # ValueError includes interchange.InputError
         return EXIT_ERROR if args.exit_code else 1  # with --exit-code, 1 means "needs review" only
     reasons = ", ".join(f"{k} {v}" for k, v in s["errors"].items())
     status(f"verify: {s['lines']} lines: {s['auto_pass']} auto-pass, {s['needs_review']} need review "
            f"({s['bad_lines']} bad{': ' + reasons if reasons else ''}); threshold {s['threshold']:.4f} from "
-           f"{s['threshold_source']}; outputs in {args.out}, the review queue in {args.out / PAGE}")
+           f"{s['threshold_source']}; outputs in {args.out}, the review queue in {args.out / PAGE}, needs review "
+           f"also as {gate.NEEDS_REVIEW_COCO} ({s['needs_review_coco']['annotations']} masks)")
     return 0
+
+
+def describe_input(info: dict) -> str:
+    """One line on what a segmenter's output gave: instances read, under the floor, groups."""
+    if info["format"] == "coco-results":
+        what = f"{info['results']}: {info['entries']} results, queries per {info['query_per']}"
+    else:
+        what = f"{info['index']}: {info['rows']} rows"
+    if info["score_floor"] is not None:
+        what += (f"; {info['under_score_floor']} under the score floor {info['score_floor']:g} "
+                 f"({info['groups_only_under_score_floor']} groups had only those)")
+    if info.get("queries_unused"):
+        what += f"; --queries keys no result used: {', '.join(info['queries_unused'][:5])}"
+    return what + f"; {info['lines']} candidate groups"
 
 
 def scoring_settings(params_path, operating_point):
@@ -183,24 +227,51 @@ def main(argv: list[str] | None = None) -> int:
     vf = sub.add_parser(
         "verify", help="the quality gate: score candidate mask groups and route them (auto-pass / needs review)",
         description="Score candidate mask groups with the trained verifier and route them: P(ACCEPT) >= the "
-                    "threshold auto-passes, the rest (and any bad line) goes to a person. Input: a JSONL manifest, "
-                    'one candidate per line {"id", "image", "query", "masks": [RLE dict | polygon | mask image '
-                    'path, ...]}, or one --image/--query/--mask on the command line. Overlays are drawn exactly as '
-                    "the render stage draws them. A re-run with the same --out scores only lines not yet scored.",
-        epilog="example: maskgate verify candidates.jsonl --out gate/   (outputs: results.jsonl, auto_pass.jsonl, "
-               "needs_review.jsonl, summary.json, scores.jsonl, and review.html with review/, the needs-review "
-               "lines with their overlays, to open in a browser). One candidate prints one JSON line on stdout; "
-               "status lines go to stderr. " + EXIT_CODES)
+                    "threshold auto-passes, the rest (and any bad line) goes to a person. Input, one of: a JSONL "
+                    'manifest, one candidate per line {"id", "image", "query", "masks": [RLE dict | polygon | mask '
+                    "image path, ...]}; a segmenter's COCO results (--coco-results); a folder of mask PNGs with an "
+                    "index.csv (--mask-folder); or one --image/--query/--mask on the command line. All instances of "
+                    "one (image, query) form one candidate group. Overlays are drawn exactly as the render stage "
+                    "draws them. A re-run with the same --out scores only lines not yet scored.",
+        epilog="examples: maskgate verify candidates.jsonl --out gate/ | maskgate verify --coco-results "
+               "results.json --coco-images instances.json --images-dir images/ --score-floor 0.5 --out gate/ | "
+               "maskgate verify --mask-folder masks/ --out gate/   (outputs: results.jsonl, auto_pass.jsonl, "
+               "needs_review.jsonl, needs_review.coco.json, summary.json, scores.jsonl, and review.html with "
+               "review/, the needs-review lines with their overlays, to open in a browser; candidates.jsonl for a "
+               "segmenter's output). One candidate prints one JSON line on stdout; status lines go to stderr. "
+               + EXIT_CODES)
     vf.add_argument("manifest", nargs="?", type=Path, help="JSONL manifest, one candidate group per line")
     vf.add_argument("--image", type=Path, help="one image (instead of a manifest)")
     vf.add_argument("--query", help="the query for --image")
     vf.add_argument("--mask", action="append", default=[],
                     help="a mask of the group for --image: a mask image path, or an RLE/polygon as JSON; repeat per mask")
+    sg = vf.add_argument_group("a segmenter's output (instead of a MANIFEST)")
+    sg.add_argument("--coco-results", type=Path, metavar="FILE",
+                    help="COCO results JSON (SAM 3, Detectron2, mmdetection): a list of {image_id, category_id, "
+                         "segmentation (RLE or polygons), score}; or a COCO file with annotations and images")
+    sg.add_argument("--coco-images", type=Path, metavar="FILE",
+                    help="the COCO file whose images [{id, file_name, height, width}] and categories the results "
+                         "refer to (e.g. instances_val2017.json)")
+    sg.add_argument("--images-dir", type=Path, metavar="DIR",
+                    help="where the image files are: file_name is relative to it (needed with --coco-results; "
+                         "for --mask-folder the index's image paths, default the folder itself)")
+    sg.add_argument("--queries", type=Path, metavar="FILE",
+                    help="JSON map to queries: category id -> query (default: the category's name), or with "
+                         "--query-per image, image id or file_name -> query (default: the image's text_input)")
+    sg.add_argument("--query-per", choices=["category", "image"],
+                    help="one candidate group per (image, category query) or per image entry (SA-Co / SAM 3 "
+                         "evaluation files, whose image entries carry a text_input); default: image when every "
+                         "image entry has a text_input, else category")
+    sg.add_argument("--mask-folder", type=Path, metavar="DIR",
+                    help="a folder with index.csv (columns image, query, mask, optional score; one row per mask "
+                         "PNG, paths relative to the folder)")
+    sg.add_argument("--score-floor", type=float, metavar="S",
+                    help="drop the segmenter's instances scored below S before grouping (counted in summary.json)")
     vf.add_argument("--model", type=Path, default=Path("models/verifier"), help="trained verifier (default: %(default)s)")
     vf.add_argument("--operating-point", type=Path, default=Path("reports/operating_point.json"),
                     help="evaluate's threshold file (default: %(default)s)")
     vf.add_argument("--threshold", type=float, help="auto-pass at P(ACCEPT) >= this, instead of the operating point")
-    vf.add_argument("--out", type=Path, default=Path("gate"), help="output folder for a manifest (default: %(default)s)")
+    vf.add_argument("--out", type=Path, default=Path("gate"), help="output folder (default: %(default)s)")
     vf.add_argument("--batch-size", type=int, help="candidates per forward pass (default: evaluate.batch_size, else 16)")
     vf.add_argument("--params", type=Path, default=Path("params.yaml"),
                     help="its evaluate section sets the batch size and the speed settings (merge_adapter, "
