@@ -267,7 +267,8 @@ def run(manifest: Path, out_dir: Path, gate: Gate, threshold: float, threshold_s
     lines = list(read_lines(manifest)) if built is None else list(enumerate(built.lines, start=1))
     stale = [n for n, text in lines if n in done and done[n]["key"] != line_key(text)]
     if stale:
-        raise ValueError(f"{log_path} holds scores of another manifest (line {stale[0]} changed since): "
+        what = "another manifest" if built is None else "other candidates (another input or score floor?)"
+        raise ValueError(f"{log_path} holds scores of {what} (line {stale[0]} changed since): "
                          "use another --out, or --fresh to start over")
     if built is not None:
         write_jsonl_text(built.lines, manifest)

@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     counts = write(args.out, n_images=args.images)
     print(f"segmenter_samples: {counts['objects']} objects in {counts['images']} photos "
-          f"({counts['categories']} classes; {counts['objects_without_class']} objects no single-class query names "
-          f"are left out) -> {args.out}/results.json, {args.out}/instances.json; "
+          f"({counts['categories']} classes; {counts['objects_without_class']} left out, as no single-class query "
+          f"names them) -> {args.out}/results.json, {args.out}/instances.json; "
           f"{counts['index_rows']} mask rows for {counts['queries']} queries -> {args.out}/masks/index.csv")
     return 0
 
