@@ -124,7 +124,7 @@ def cmd_verify(args) -> int:
         threshold, source = gate.threshold_from(args.operating_point, args.threshold)
         if args.quiet:
             quiet_libraries()
-        g = gate.Gate(args.model, args.device, scoring)
+        g = gate.Gate(args.model, args.device, scoring, print_fn=status)
         if single:
             return verify_one(g, args, threshold)
         manifest = args.manifest if built is None else args.out / gate.CANDIDATES

@@ -168,15 +168,16 @@ def threshold_from(operating_point: Path | None, threshold: float | None) -> tup
 class Gate:
     """A loaded verifier with the input contract it was trained on (verifier.json)."""
 
-    def __init__(self, model_dir: Path, device: str | None = None, scoring: Scoring = PLAIN):
-        """`scoring`: evaluate's settings (speedups.Scoring), so the gate scores as evaluate does."""
+    def __init__(self, model_dir: Path, device: str | None = None, scoring: Scoring = PLAIN, print_fn=print):
+        """`scoring`: evaluate's settings (speedups.Scoring), so the gate scores as evaluate does;
+        `print_fn` takes what applying them says (the command line sends it to stderr)."""
         from maskgate.model.verifier import load_verifier, read_manifest
 
         manifest = read_manifest(model_dir)
         self.style, self.prompt = Style.of(manifest["render"]), manifest["prompt"]
         self.max_length = int(manifest["max_length"])
         self.model, self.processor = load_verifier(model_dir, device)
-        self.model = speedups.for_scoring(self.model, scoring, "gate")
+        self.model = speedups.for_scoring(self.model, scoring, "gate", print_fn)
 
     def example(self, c: Candidate, picture: bytes | None = None):
         """The model's input for a candidate: its overlay decoded as train and evaluate decode theirs.

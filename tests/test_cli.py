@@ -9,6 +9,7 @@ import sys
 import tomllib
 
 import pytest
+import yaml
 
 from maskgate.cli import EXIT_ACCEPT, EXIT_ERROR, EXIT_REVIEW, main
 from tests.conftest import ROOT
@@ -38,6 +39,18 @@ def test_one_candidate_on_stdout_pipes_into_a_json_reader(folder, small_verifier
     assert p.returncode == 0, p.stderr  # without --exit-code a REJECT is still exit 0
     assert p.stdout == "REJECT needs_review\n"
     assert "verify: scoring settings from" in p.stderr  # status lines: on stderr, out of the pipe
+
+
+def test_what_the_speed_settings_say_goes_to_stderr_too(folder, small_verifier):  # noqa: F811
+    """A params file whose evaluate section merges the adapter (params.yaml's does): the line saying so is status."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["evaluate"].update(merge_adapter=True, compile=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    p = subprocess.run(MASKGATE + one(small_verifier, "--threshold", "1", "--params", "params.yaml"), cwd=folder,
+                       env=ENV, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["decision"] == "REJECT" and p.stdout.count("\n") == 1
+    assert "gate: LoRA adapter merged" in p.stderr and "compile requested" in p.stderr
 
 
 def test_quiet_leaves_stderr_empty(folder, small_verifier, tmp_path):  # noqa: F811
