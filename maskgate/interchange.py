@@ -215,17 +215,9 @@ def from_coco_results(results: Path, images: Path | None, images_dir: Path, quer
             continue
         g["kept"].append((i, e, score))
 
-    lines, only_under, checked_sizes = [], 0, {}
-    for item in order:
-        if isinstance(item, dict):
-            lines.append(item)
-            continue
-        g = groups[item]
-        if not g["kept"] and not g["errors"]:
-            only_under += 1  # every instance under the floor: the segmenter found nothing it trusts
-            continue
-        lines.append(coco_line(item, g, table, bad_images, qmap, used, query_per, name, Path(images_dir),
-                               checked_sizes))
+    checked_sizes = {}
+    lines, only_under = group_lines(order, groups, lambda item, g: coco_line(
+        item, g, table, bad_images, qmap, used, query_per, name, Path(images_dir), checked_sizes))
     info = {"format": "coco-results", "results": str(results), "images": str(images_name),
             "images_dir": str(images_dir), "query_per": query_per, "entries": len(entries),
             "score_floor": score_floor, "under_score_floor": under, "groups_only_under_score_floor": only_under,
@@ -356,6 +348,24 @@ def from_mask_folder(folder: Path, images_dir: Path | None = None, score_floor: 
         raise InputError(f"{index} is not UTF-8 text: {e}") from None
     except csv.Error as e:
         raise InputError(f"{index} is not CSV: {e}") from None
+    def folder_line(item, g):
+        image, query = item
+        source = {"format": "mask-folder", "file_name": image, "index_lines": [n for n, _, _ in g["kept"]],
+                  "scores": [s for _, _, s in g["kept"]]}
+        line = {"id": f"{image}:{query}", "image": os.path.abspath(images_dir / image), "query": query,
+                "masks": [p for _, p, _ in g["kept"]], "source": source}
+        return bad(line.pop("id"), *g["errors"][0], **line) if g["errors"] else line
+
+    lines, only_under = group_lines(order, groups, folder_line)
+    info = {"format": "mask-folder", "index": str(index), "images_dir": str(images_dir), "rows": rows,
+            "score_floor": score_floor, "under_score_floor": under, "groups_only_under_score_floor": only_under,
+            "lines": len(lines)}
+    return Built([json.dumps(x, sort_keys=True) for x in lines], info)
+
+
+def group_lines(order: list, groups: dict, make_line) -> tuple[list[dict], int]:
+    """(manifest lines in input order, groups dropped): `order` holds ready lines (dicts) and group keys;
+    a group whose every instance fell under the score floor is no candidate (the segmenter trusts none)."""
     lines, only_under = [], 0
     for item in order:
         if isinstance(item, dict):
@@ -365,16 +375,8 @@ def from_mask_folder(folder: Path, images_dir: Path | None = None, score_floor: 
         if not g["kept"] and not g["errors"]:
             only_under += 1
             continue
-        image, query = item
-        source = {"format": "mask-folder", "file_name": image, "index_lines": [n for n, _, _ in g["kept"]],
-                  "scores": [s for _, _, s in g["kept"]]}
-        line = {"id": f"{image}:{query}", "image": os.path.abspath(images_dir / image), "query": query,
-                "masks": [p for _, p, _ in g["kept"]], "source": source}
-        lines.append(bad(line.pop("id"), *g["errors"][0], **line) if g["errors"] else line)
-    info = {"format": "mask-folder", "index": str(index), "images_dir": str(images_dir), "rows": rows,
-            "score_floor": score_floor, "under_score_floor": under, "groups_only_under_score_floor": only_under,
-            "lines": len(lines)}
-    return Built([json.dumps(x, sort_keys=True) for x in lines], info)
+        lines.append(make_line(item, g))
+    return lines, only_under
 
 
 def review_coco(records: list[dict], base_dir: Path, threshold: float) -> dict:
