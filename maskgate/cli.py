@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     vf.add_argument("--batch-size", type=int, help="candidates per forward pass (default: evaluate.batch_size, else 16)")
     vf.add_argument("--params", type=Path, default=Path("params.yaml"),
                     help="its evaluate section sets the batch size and the speed settings (merge_adapter, "
-                         "compile, workers), so the gate scores as evaluate does; if missing, the settings evaluate recorded "
+                         "compile), so the gate scores as evaluate does; if missing, the settings evaluate recorded "
                          "in --operating-point are used (default: %(default)s)")
     vf.add_argument("--fresh", action="store_true", help="discard earlier scores in --out and start over")
     vf.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
