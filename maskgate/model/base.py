@@ -77,8 +77,9 @@ def resolve_base(model: Model, cfg: Train, backend: str, prompt: Prompt, seed: i
     """
     import torch
 
-    from maskgate.utils import hub
     from maskgate.model import qwen as M
+    from maskgate.utils import hub
+
     preset = model.preset
     if preset not in M.PRESETS:
         raise ParamsError(f"model.preset must be one of {sorted(M.PRESETS)}, got {preset!r}")
@@ -102,12 +103,14 @@ def load_model(cfg: Train, preset: str, seed: int, backend: str, base: Base, dev
     import torch
     from transformers import set_seed
 
-    from maskgate.utils import hub
     from maskgate.model import qwen as M
+    from maskgate.utils import hub
+
     lora = cfg.lora
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     if backend == "unsloth":
         from unsloth import FastVisionModel
+
         # train.gradient_checkpointing here too: "unsloth" is its offloading variant, False none at all
         # (both calls take it: get_peft_model's own default would turn it back on)
         checkpointing = "unsloth" if gradient_checkpointing(cfg, preset) else False
