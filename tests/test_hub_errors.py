@@ -21,7 +21,7 @@ def hub_root(tmp_path_factory):
 def prepare(tmp_path, url, **data):
     tmp_path.mkdir(parents=True, exist_ok=True)
     params = project_params()
-    params["data"].update(data)
+    params["data"].update({"source": "hub", **data})  # whatever the working copy holds (the demo: demo)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_ENDPOINT=url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1", PYTHONPATH=str(ROOT))
