@@ -359,18 +359,12 @@ def route(lines: list[tuple[int, str]], done: dict[int, dict], out_dir: Path, th
 
 
 def write_jsonl(records: list[dict], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    write_jsonl_text([json.dumps(r, sort_keys=True, default=str) for r in records], path)
 
 
 def write_jsonl_text(lines: list[str], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with tables.atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.writelines(text + "\n" for text in lines)
-    os.replace(tmp, path)
 
 
 def verify(manifest: Path, model_dir: Path = Path("models/verifier"), out_dir: Path = Path("gate"),

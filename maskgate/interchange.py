@@ -34,6 +34,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from maskgate.data import masks
+from maskgate.utils import tables
 
 QUERY_PER = ("category", "image")
 
@@ -443,9 +444,7 @@ def review_coco(records: list[dict], base_dir: Path, threshold: float) -> dict:
 def write_review_coco(records: list[dict], base_dir: Path, path: Path, threshold: float) -> dict:
     """Write review_coco's file (temporary name, then rename); return its counts."""
     doc = review_coco(records, base_dir, threshold)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with tables.atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(doc, f)
-    os.replace(tmp, path)
     return {"groups": doc["info"]["groups"], "annotations": len(doc["annotations"]), "images": len(doc["images"]),
             "bad_lines_not_here": doc["info"]["bad_lines_not_here"], "left_out": len(doc["info"]["left_out"])}

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+
+from maskgate.utils import tables
 
 PAGE, FOLDER = "review.html", "review"
 LINE_SHOWN = 2000  # characters of a bad line's text on the page; the rest is in needs_review.jsonl
@@ -40,9 +41,8 @@ def overlay_path(out_dir: Path, line: int, key: str) -> Path:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with tables.atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_overlay(out_dir: Path, line: int, key: str, picture: bytes) -> None:

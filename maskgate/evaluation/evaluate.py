@@ -83,9 +83,8 @@ def measure_at(scores: list[dict], cfg: Evaluate, threshold: float) -> dict:
 
 def write_scores(scores: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tables.write_table(scores, tmp, SCORE_SCHEMA)
-    tmp.replace(path)
+    with tables.atomic_file(path) as tmp:
+        tables.write_table(scores, tmp, SCORE_SCHEMA)
 
 
 def headline(breakdown: dict, point: dict) -> dict:
