@@ -63,17 +63,6 @@ class Prompt:
             # the model would be asked for answers it is never told about
             raise ValueError(f"prompt.user does not name the answers {unnamed}: write {{answers}} where they go")
 
-    @classmethod
-    def from_dict(cls, section: dict) -> "Prompt":
-        """A prompt section as a dict (a verifier.json's copy); ValueError in one line when it is not a prompt."""
-        from pydantic import TypeAdapter, ValidationError
-
-        try:
-            return TypeAdapter(cls).validate_python(section)
-        except ValidationError as e:
-            raise ValueError("; ".join(f"prompt.{'.'.join(map(str, x['loc']))}: {x['msg'].removeprefix('Value error, ')}"
-                                       if x["loc"] else x["msg"].removeprefix("Value error, ") for x in e.errors())) from None
-
     @property
     def accept(self) -> str:
         return self.answers[0]

@@ -24,9 +24,10 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from pydantic import ConfigDict, StrictBool, StrictInt, TypeAdapter, ValidationError
+from pydantic import ConfigDict, StrictBool, StrictInt
 from pydantic.dataclasses import dataclass
 
+from maskgate import config
 from maskgate.config import Evaluate
 
 DECODER_LAYER = re.compile(r"(^|\.)language_model\.layers\.\d+$")
@@ -47,12 +48,8 @@ class Scoring:
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "Scoring":
-        """The settings an operating point recorded; ValueError in one line when they are not these keys."""
-        try:
-            return TypeAdapter(cls).validate_python(d)
-        except ValidationError as e:
-            raise ValueError(f"{where}: the recorded scoring settings are not {[f.name for f in dataclasses.fields(cls)]}: "
-                             f"{'; '.join(x['msg'] for x in e.errors())}") from None
+        """The settings an operating point recorded; ParamsError in one line naming a missing or bad key."""
+        return config.from_section(cls, d, f"{where}: the recorded scoring settings")
 
     def record(self) -> dict:
         return dataclasses.asdict(self)

@@ -47,7 +47,7 @@ def read_manifest(model_dir: Path) -> dict:
     if not isinstance(manifest.get("base"), dict) or "prompt_tokens" not in manifest or "render" not in manifest:
         raise ValueError(f"{path} was written by an older maskgate (no base revision, prompt tokens or render "
                          "settings): re-run `dvc repro train`")
-    manifest["prompt"] = Prompt.from_dict(manifest["prompt"])
+    manifest["prompt"] = config.from_section(Prompt, manifest["prompt"], f"{path}: prompt")
     manifest["render"] = config.from_section(config.Render, manifest["render"], f"{path}: render")
     return manifest
 
