@@ -21,7 +21,7 @@ from pathlib import Path
 # (accelerate deals batch i to rank i mod N), so a run may resume on another count; only the dropout
 # masks differ (each rank has its own RNG state, restored when the count is the same).
 NOT_IN_FINGERPRINT = {"save_steps", "keep_checkpoints", "eval_steps", "eval_examples", "logging_steps",
-                      "dataloader_workers", "cpu_threads", "gpus"}
+                      "dataloader_workers", "cpu_threads", "gpus", "batched_vision"}  # batched_vision: bitwise the same
 
 
 def fingerprint(job, rendered: Path, backend: str) -> dict:
