@@ -1,7 +1,8 @@
 """`auto` batch sizes: the largest that fits this GPU, found once per card and setting, then remembered.
 
 `train.micro_batch_size: auto` and `evaluate.batch_size: auto` (the gate reads evaluate's). The
-fastest batch is usually the largest that fits (docs/benchmarks.md), and that depends on the card:
+fastest batch is usually the largest that fits (docs/benchmarks.md; for scoring up to 64, past which
+the H200 measured no gain), and that depends on the card:
 an 80 GB H100 fits 8 training examples of 617 tokens without checkpointing, a 139 GB H200 16. So the
 size is measured, not guessed: from the largest candidate down, one real step on a worst-case batch
 (every example as long as the token budget allows) is tried; an out-of-memory error, or a peak above
@@ -23,7 +24,9 @@ from pathlib import Path
 
 HEADROOM = 0.9  # share of the card a probe may peak at: room for optimizer state, fragmentation, other tensors
 CPU_BATCH = 4
-SCORING_CANDIDATES = (256, 128, 64, 32, 16, 8, 4, 2, 1)
+# Not above 64: on the H200 batch 256 fitted (45 GiB) but scored at 0.89-0.93x batch 64's rate, same run
+# (docs/benchmarks.md, 2026-12-02): past 64 a larger batch only delays the first prefetched batch.
+SCORING_CANDIDATES = (64, 32, 16, 8, 4, 2, 1)
 
 
 def cache_file() -> Path:
