@@ -207,3 +207,24 @@ def test_checkpoints_of_other_settings_are_not_resumed(tmp_path):
     (tmp_path / "checkpoint-5" / "trainer_state.json").write_text('{"global_step": 5}')
     (tmp_path / "checkpoint-5" / "adapter_model.safetensors").write_bytes(b"")
     assert checkpoints.prepare_checkpoints(tmp_path, params={"lr": 1}).endswith("checkpoint-5")  # same stamp: resume
+
+
+def test_batched_vision_trains_bitwise_like_the_library_path(straight, rendered, tmp_path):
+    """train.batched_vision changes speed only: the same losses and the same adapter, to the bit."""
+    import torch
+
+    reference_folder, reference = straight
+    assert tiny_params()["train"]["batched_vision"] is True  # the straight run took the batched path
+    plain = run(tiny_params(batched_vision=False), rendered, tmp_path)
+    assert plain["train_loss"] == reference["train_loss"]
+    loss = "live/plots/metrics/train/loss.tsv"
+    assert (tmp_path / loss).read_text() == (reference_folder / loss).read_text()
+    ours, theirs = adapter_weights(tmp_path), adapter_weights(reference_folder)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_micro_batch_auto_without_a_gpu(rendered, tmp_path, capsys):
+    """auto on a CPU: autobatch.CPU_BATCH (or the largest divisor of the batch under it), said, and recorded."""
+    summary = run(tiny_params(batch_size=6, micro_batch_size="auto"), rendered, tmp_path)
+    assert summary["batch"] == {"effective": 6, "micro": 3, "accumulation": 2, "world": 1}
+    assert "batch size auto on a CPU: 3" in capsys.readouterr().out
