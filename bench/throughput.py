@@ -438,7 +438,7 @@ def measure(args, name: str, cfg: dict, base: dict, rows: list[dict], facts: dic
             "examples": args.score_examples, "warmup_examples": args.score_warmup}
     out = run_worker(args, name, spec, timeout)
     used = out.get("micro_batch") if cfg["kind"] == "train" else out.get("batch_used")
-    out.update(kind=cfg["kind"], batch=f"a{used}" if batch == "auto" else batch,
+    out.update(kind=cfg["kind"], batch=(f"a{used}" if used else "auto") if batch == "auto" else batch,
                settings=cfg.get("train") or cfg.get("evaluate"))
     if out["status"] != "ok":
         return out

@@ -41,15 +41,18 @@ def test_largest_that_fits_within_headroom_then_remembered(monkeypatch, cache):
     card = Card(monkeypatch, total=100 * gib, fixed=20 * gib, per_example=5 * gib)
     said = []
     # 16 needs 100 GiB: fits the card but not the 90% headroom; 32 and 64 run out of memory
-    size = autobatch.find("train", {"lora": 16}, autobatch.divisors(64), card.step, "train", said.append)
+    # the settings as train passes them: config sections among them (the H200 run once failed writing these)
+    lora = config.from_dict(project_params()).train.lora
+    size = autobatch.find("train", {"lora": lora}, autobatch.divisors(64), card.step, "train", said.append)
     assert size == 8 and card.steps == [64, 32, 16, 8]
     assert "batch size auto: 8 fits Simulated GPU" in said[-1]
     record = next(iter(json.loads(cache.read_text()).values()))
     assert record["batch_size"] == 8 and record["tried"] == {"64": "out of memory", "32": "out of memory",
                                                              "16": "peak 100.0 GiB", "8": "peak 60.0 GiB"}
     card.steps.clear()
-    assert autobatch.find("train", {"lora": 16}, autobatch.divisors(64), card.step, "train", said.append) == 8
-    assert card.steps == [] and "remembered" in said[-1]  # the second run does not search
+    assert autobatch.find("train", {"lora": lora}, autobatch.divisors(64), card.step, "train", said.append) == 8
+    assert card.steps == [] and "remembered" in said[-1]
+    assert record["settings"]["lora"]["r"] == lora.r  # the second run does not search
     # other settings, or another card, search again
     assert autobatch.find("train", {"lora": 64}, autobatch.divisors(64), card.step, "train", said.append) == 8
     assert card.steps == [64, 32, 16, 8]

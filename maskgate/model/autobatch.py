@@ -40,11 +40,20 @@ def card() -> str:
     return f"{props.name} {props.total_memory // 2**20} MiB"
 
 
+def _plain(value):
+    """A config dataclass (e.g. config.Lora) as its fields, for JSON."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    raise TypeError(f"{type(value).__name__} is not a setting autobatch can record")
+
+
 def cache_key(what: str, settings: dict) -> str:
     """The card and a digest of the settings that change memory: one remembered size per combination."""
     import torch
 
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return f"{what} | {card()} | torch {torch.__version__} | {digest}"
 
 
@@ -76,6 +85,8 @@ def find(what: str, settings: dict, candidates, step, where: str, print_fn=print
     import torch
 
     candidates = sorted(set(candidates), reverse=True)
+    # the sections in `settings` are config dataclasses: as JSON (what is remembered) from here on
+    settings = json.loads(json.dumps(settings, sort_keys=True, default=_plain))
     if not torch.cuda.is_available():
         size = next((c for c in candidates if c <= CPU_BATCH), candidates[-1])
         print_fn(f"{where}: batch size auto on a CPU: {size} (no GPU memory to fit)")
