@@ -15,6 +15,8 @@ import json
 import shutil
 from pathlib import Path
 
+from maskgate.utils import tables
+
 
 # Settings that do not change the weights a run ends with: changing them keeps the checkpoints.
 # `gpus` too: the effective batch and the examples of each optimizer step are the same on any GPU count
@@ -44,7 +46,10 @@ def prepare_checkpoints(checkpoints: Path, print_fn=print, **fingerprint_) -> st
             print_fn(f"train: {checkpoints} holds checkpoints of other settings or data; starting afresh")
             shutil.rmtree(checkpoints)
     checkpoints.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(fingerprint_, indent=1, sort_keys=True) + "\n")
+    # A new file renamed over the old, never a write into it: with DVC's hardlink or symlink cache
+    # (.dvc/config) this persist output's files are the cache's own, and root ignores their read-only mode.
+    with tables.atomic_file(stamp) as tmp:
+        tmp.write_text(json.dumps(fingerprint_, indent=1, sort_keys=True) + "\n")
     return last_complete_checkpoint(checkpoints, print_fn)
 
 

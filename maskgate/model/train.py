@@ -96,20 +96,51 @@ def set_micro_batch(args, cfg: Train, micro: int, examples: int, world: int) -> 
 
 
 KEEP_COLUMNS = ["example_id", "query", "label", "label_text", "system", "user", "overlay"]
+ROW = "shard_row"  # a split's hidden column: the row's position in its shards, through which the overlay is read
+
+
+class WithOverlay:
+    """The dataset's format transform: each batch of rows gets its overlays, read from the shards by `ROW`.
+
+    A batch without the `ROW` column (columns selected without it, e.g. by check_prompt) is returned as it
+    is, so reading the text columns never touches the overlays."""
+
+    def __init__(self, shards):
+        self.shards = shards
+
+    def __call__(self, batch: dict) -> dict:
+        if ROW not in batch:
+            return batch
+        rows = batch.pop(ROW)
+        batch["overlay"] = self.shards.take(rows, ["overlay"]).column("overlay").to_pylist()
+        return batch
 
 
 def load_split(rendered: Path, split: str):
-    """The render stage's `{split}-*.parquet` shards as a `datasets.Dataset` (only the columns used)."""
-    from datasets import load_dataset
+    """The render stage's `{split}-*.parquet` shards as a `datasets.Dataset` of KEEP_COLUMNS, read in place.
+
+    No copy is written anywhere (`datasets.load_dataset("parquet")` would write an Arrow copy of the
+    overlays into the datasets cache for every re-render and every queued experiment, the size of the
+    shards each time: tables.RowGroups). The small columns are held in memory (a few hundred bytes a
+    row); the overlays are read from the shards, one row group per lookup, when a row is taken. Rows
+    come in shard order, so `shuffle(seed=...)`, `select` and the Trainer's sampler see what
+    `load_dataset` gave (tests/test_training.py compares both).
+    """
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
 
     from maskgate.utils import tables
 
-    files = sorted(str(p) for p in Path(rendered).glob(f"{split}-*.parquet"))
+    files = sorted(Path(rendered).glob(f"{split}-*.parquet"))
     if not files:
         raise FileNotFoundError(f"no {split}-*.parquet shards in {rendered}; run the render stage first")
-    for f in files:  # a shard cut short: an error naming it, not one from deep inside datasets
-        tables.open_parquet(f)
-    return load_dataset("parquet", data_files={split: files}, split=split).select_columns(KEEP_COLUMNS)
+    shards = tables.RowGroups(files)  # opens each file: a shard cut short is an error naming it
+    small = shards.read([c for c in KEEP_COLUMNS if c != "overlay"])
+    small = small.append_column(ROW, pa.array(range(len(shards)), pa.int64()))
+    ds = Dataset(InMemoryTable(small))
+    ds.set_transform(WithOverlay(shards))
+    return ds
 
 
 def check_prompt(dataset, prompt, split: str) -> None:
@@ -266,7 +297,7 @@ def train(
     check_prompt(val_ds, prompt, "val")
     n_eval = min(cfg.eval_examples, len(val_ds))
     eval_ds = val_ds.shuffle(seed=seed).select(range(n_eval)) if n_eval else None
-    auroc_rows = eval_ds.select_columns(["example_id", "query", "label", "label_text", "overlay"]) if n_eval else None
+    auroc_rows = eval_ds.select_columns(["example_id", "query", "label", "label_text", ROW]) if n_eval else None
 
     args = SFTConfig(
         output_dir=str(checkpoints),
