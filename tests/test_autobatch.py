@@ -15,17 +15,19 @@ class Card:
 
     def __init__(self, monkeypatch, total, fixed, per_example):
         self.total, self.fixed, self.per_example, self.peak, self.steps = total, fixed, per_example, 0, []
+        self.used_by_others = 0
         props = type("Props", (), {"name": "Simulated GPU", "total_memory": total})
         for name, fn in {"is_available": lambda: True, "current_device": lambda: 0,
                          "get_device_properties": lambda i: props, "empty_cache": lambda: None,
                          "reset_peak_memory_stats": lambda: None, "synchronize": lambda: None,
-                         "max_memory_allocated": lambda: self.peak}.items():
+                         "max_memory_allocated": lambda: self.peak, "memory_reserved": lambda: 0,
+                         "mem_get_info": lambda: (self.total - self.used_by_others, self.total)}.items():
             monkeypatch.setattr(torch.cuda, name, fn)
 
     def step(self, size):
         self.steps.append(size)
         need = self.fixed + size * self.per_example
-        if need > self.total:
+        if need > self.total - self.used_by_others:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         self.peak = need
 
@@ -90,3 +92,10 @@ def test_auto_is_a_params_value(section, key):
         p[section][key] = bad
         with pytest.raises(config.ParamsError, match=f"{section}.{key}"):
             config.from_dict(p)
+
+
+def test_memory_another_process_holds_is_not_counted_as_ours(monkeypatch, cache):
+    gib = 2**30
+    card = Card(monkeypatch, total=139 * gib, fixed=20 * gib, per_example=5 * gib)
+    card.used_by_others = 35 * gib  # 104 GiB free: 16 (100 GiB) runs, but past 90% of what is free; 8 (60) does not
+    assert autobatch.find("train", {}, autobatch.divisors(64), card.step, "t", lambda *_: None) == 8

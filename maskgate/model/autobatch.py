@@ -6,7 +6,8 @@ the H200 measured no gain), and that depends on the card:
 an 80 GB H100 fits 8 training examples of 617 tokens without checkpointing, a 139 GB H200 16. So the
 size is measured, not guessed: from the largest candidate down, one real step on a worst-case batch
 (every example as long as the token budget allows) is tried; an out-of-memory error, or a peak above
-HEADROOM of the card, moves on to the next smaller one. The first that fits is written to
+HEADROOM of the memory this process can use (the card's free memory plus what it holds already),
+moves on to the next smaller one. The first that fits is written to
 `$MASKGATE_CACHE/batch_sizes.json` (default ~/.cache/maskgate; on a pod, put it on the persistent
 volume, docs/runpod.md) under the card's name and memory and every setting that changes memory, so the
 next run on that card skips the search. A number set in params.yaml is used as it is.
@@ -78,7 +79,7 @@ def remember(key: str, size: int, settings: dict, tried: dict) -> None:
 
 
 def find(what: str, settings: dict, candidates, step, where: str, print_fn=print) -> int:
-    """The largest of `candidates` for which `step(size)` runs within HEADROOM of the card; remembered.
+    """The largest of `candidates` for which `step(size)` runs within HEADROOM of the usable memory; remembered.
 
     `step(size)` runs one worst-case step of that size on the GPU. `settings`: what changes memory.
     """
@@ -96,7 +97,9 @@ def find(what: str, settings: dict, candidates, step, where: str, print_fn=print
     if size is not None and size in candidates:
         print_fn(f"{where}: batch size auto: {size}, remembered for {card()} in {cache_file()}")
         return size
-    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info()
+    usable = free + torch.cuda.memory_reserved()  # the card's free memory and what this process holds already
     tried = {}
     for size in candidates:
         torch.cuda.empty_cache()
@@ -111,7 +114,7 @@ def find(what: str, settings: dict, candidates, step, where: str, print_fn=print
         finally:
             torch.cuda.empty_cache()
         tried[size] = f"peak {peak / 2**30:.1f} GiB"
-        if peak <= HEADROOM * total:
+        if peak <= HEADROOM * usable:
             remember(key, size, settings, tried)
             print_fn(f"{where}: batch size auto: {size} fits {card()} (peak {peak / 2**30:.1f} GiB; tried "
                      f"{', '.join(f'{k}: {v}' for k, v in tried.items())}); remembered in {cache_file()}")
