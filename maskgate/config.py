@@ -61,12 +61,16 @@ class Negatives:
     max_iou: Float
     missing_instance: Int
     extra_instance: Int
+    pool_hard: Bool  # fill hard slots from the image's own gt_mask_pool when other rows' groups run out
+    max_easy_fill_share: Float  # the stage warns when more of the hard slots than this are filled with easy ones
 
     def __post_init__(self):
         if not 3 <= self.per_positive <= 6:
             raise ValueError(f"negatives.per_positive must be between 3 and 6, got {self.per_positive}")
         if not 0.0 <= self.hard_fraction <= 1.0:
             raise ValueError(f"negatives.hard_fraction must be in [0, 1], got {self.hard_fraction}")
+        if not 0.0 <= self.max_easy_fill_share <= 1.0:
+            raise ValueError(f"negatives.max_easy_fill_share must be in [0, 1], got {self.max_easy_fill_share}")
         for kind in ("missing_instance", "extra_instance"):
             if getattr(self, kind) < 0:
                 raise ValueError(f"negatives.{kind} must be a whole number >= 0 (0 = off), got {getattr(self, kind)}")
