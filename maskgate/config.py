@@ -86,12 +86,20 @@ class Render:
     jpeg_quality: Int
     shard_size: Int
     workers: Int
+    style: Literal["fill", "keep_colours"]  # keep_colours: the group's own pixels, the rest desaturated and dimmed
+    background_dim: Float  # keep_colours: the grey level outside the group is multiplied by this
+    zoom: Bool  # the whole image beside a zoomed crop around the group, in the same canvas
+    zoom_context: Float  # zoom: the crop spans this many times the group's bounding box
 
     def __post_init__(self):
         if self.size < 32 or self.size % 32:
             raise ValueError(f"render.size must be a multiple of 32 (Qwen3-VL merges 32 px cells), got {self.size}")
         if not 0.0 <= self.fill_alpha <= 1.0:
             raise ValueError(f"render.fill_alpha must be in [0, 1], got {self.fill_alpha}")
+        if not 0.0 <= self.background_dim <= 1.0:
+            raise ValueError(f"render.background_dim must be in [0, 1], got {self.background_dim}")
+        if self.zoom_context < 1.0:
+            raise ValueError(f"render.zoom_context must be >= 1 (the crop holds the whole group), got {self.zoom_context}")
 
 
 @dataclass(config=SECTION)
