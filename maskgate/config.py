@@ -164,11 +164,19 @@ class Evaluate:
     compile_vision: Bool
     target_precision: Float
     thresholds: list[Float]
+    calibration_fraction: Float  # share of val images the threshold is chosen on; 0 = all of val (measured there too)
+    bootstrap: Int  # resamples (by image) of the precision interval at the operating point; 0 = no interval
+    confidence: Float  # the interval's level
 
     def __post_init__(self):
         if (self.batch_size != "auto" and self.batch_size < 1) or self.workers < 0:
             raise ValueError(f"evaluate.batch_size must be >= 1 or auto and evaluate.workers >= 0, got "
                              f"{self.batch_size} and {self.workers}")
+        if not 0.0 <= self.calibration_fraction < 1.0:
+            raise ValueError(f"evaluate.calibration_fraction must be in [0, 1), got {self.calibration_fraction}")
+        if self.bootstrap < 0 or not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"evaluate.bootstrap must be >= 0 and evaluate.confidence in (0, 1), got "
+                             f"{self.bootstrap} and {self.confidence}")
 
 
 @dataclass(config=SECTION)
