@@ -151,6 +151,12 @@ def test_too_few_val_images_to_split_say_what_to_set():
         evaluate.operating_point(val_scores(n_images=1), SPLIT, seed=0)
 
 
+def test_same_image_kinds_are_the_negatives_stage_hard_kinds():
+    from maskgate.data import negatives
+
+    assert evaluate.SAME_IMAGE_KINDS == negatives.HARD_KINDS
+
+
 def test_pool_kinds_count_towards_hard_auroc():
     scores = val_scores()
     for s in scores[1::3][:10]:

@@ -12,14 +12,13 @@ reports the precision it was tuned to reach, so the measure would be optimistic 
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from maskgate.config import Evaluate
-from maskgate.data.negatives import HARD_KINDS
-from maskgate.data.split import split_by_image
 from maskgate.evaluation import metrics, shortcut
 from maskgate.model.batching import to_example
 from maskgate.model.scoring import score
@@ -29,6 +28,9 @@ from maskgate.utils import tables
 
 SCORE_SCHEMA = pa.schema([("example_id", pa.string()), ("kind", pa.string()), ("label", pa.int8()),
                           ("p_accept", pa.float64())])
+# maskgate.data.negatives.HARD_KINDS, the kinds that fill hard slots (evaluation may not import data:
+# tests/test_layout.py; tests/test_evaluate.py checks the two agree)
+SAME_IMAGE_KINDS = ("hard", "pool_other", "pool_swap")
 CHUNK = 512  # examples decoded at a time; bounds memory on a large validation split
 
 
@@ -81,9 +83,8 @@ def measure(scores: list[dict], cfg: Evaluate, seed: int) -> tuple[dict, dict]:
     labels, p = _arrays(scores)
     kinds = [s["kind"] for s in scores]
     m = metrics.compute_metrics(labels, p, kinds, cfg.thresholds, cfg.target_precision)
-    pool_kinds = set(HARD_KINDS[1:]) & set(kinds)
-    if pool_kinds:  # every same-image negative together (another row's group or a pool draw): hard_auroc's set
-        keep = [s["kind"] in ("positive", *HARD_KINDS) for s in scores]
+    if set(SAME_IMAGE_KINDS[1:]) & set(kinds):  # every same-image negative together: hard_auroc's set
+        keep = [s["kind"] in ("positive", *SAME_IMAGE_KINDS) for s in scores]
         same = [s for s, k in zip(scores, keep) if k]
         m["same_image"] = {k: v for k, v in metrics.compute_metrics(
             *_arrays(same), [s["kind"] for s in same], cfg.thresholds, cfg.target_precision).items() if k != "by_kind"}
@@ -95,11 +96,15 @@ def calibration_split(scores: list[dict], fraction: float, seed: int) -> tuple[l
     threshold, the others measure it. fraction 0: both are all of val (the threshold measured where it was chosen)."""
     if fraction == 0:
         return scores, scores
-    side = split_by_image({s["image"] for s in scores}, fraction, seed)  # "val" side = calibration
-    calib = [s for s in scores if side[s["image"]] == "val"]
-    rest = [s for s in scores if side[s["image"]] == "train"]
+    # ranked by a hash of (seed, name), prepare's rule (maskgate.data.split), salted so the part is not the
+    # images that happened to rank first for the train/val split
+    names = sorted({s["image"] for s in scores},
+                   key=lambda n: hashlib.sha256(f"{seed}:calibration:{n}".encode()).hexdigest())
+    calibration = set(names[:min(max(round(len(names) * fraction), 1), len(names) - 1)])
+    calib = [s for s in scores if s["image"] in calibration]
+    rest = [s for s in scores if s["image"] not in calibration]
     if not calib or not rest:
-        raise ValueError(f"val has {len(side)} image(s): too few to split into a calibration part and a rest; "
+        raise ValueError(f"val has {len(names)} image(s): too few to split into a calibration part and a rest; "
                          "set evaluate.calibration_fraction: 0 to choose and measure the threshold on all of val")
     return calib, rest
 
