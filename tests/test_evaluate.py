@@ -146,9 +146,12 @@ def test_bootstrap_resamples_whole_images():
     assert b["undefined"] == {"precision": 0, "recall": 0}
 
 
-def test_too_few_val_images_to_split_say_what_to_set():
+def test_a_val_of_one_image_is_chosen_on_whole_and_says_so():
     with pytest.raises(ValueError, match="calibration_fraction: 0"):
-        evaluate.operating_point(val_scores(n_images=1), SPLIT, seed=0)
+        evaluate.calibration_split(val_scores(n_images=1), 0.5, seed=0)
+    point = evaluate.operating_point(val_scores(n_images=1), SPLIT, seed=0)
+    assert point["chosen_on"]["part"] == "all" and "1 image" in point["chosen_on"]["note"]
+    assert set(point["measured_on"]) == {"val"}
 
 
 def test_same_image_kinds_are_the_negatives_stage_hard_kinds():

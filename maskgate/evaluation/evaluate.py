@@ -93,7 +93,8 @@ def measure(scores: list[dict], cfg: Evaluate, seed: int) -> tuple[dict, dict]:
 
 def calibration_split(scores: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """(calibration part, the rest) of val's scores, split by image: `fraction` of the images choose the
-    threshold, the others measure it. fraction 0: both are all of val (the threshold measured where it was chosen)."""
+    threshold, the others measure it. fraction 0: both are all of val (the threshold measured where it was
+    chosen). ValueError when val has a single image (no split by image is possible)."""
     if fraction == 0:
         return scores, scores
     # ranked by a hash of (seed, name), prepare's rule (maskgate.data.split), salted so the part is not the
@@ -124,11 +125,16 @@ def operating_point(scores: list[dict], cfg: Evaluate, seed: int) -> dict:
     """The gate's threshold, chosen on val's calibration part, with what chose it (`chosen_on`) and what
     measured it (`measured_on`: the rest of val; evaluate.run adds test). The top-level precision, recall
     and auto-pass rate are the rest of val's (with calibration_fraction 0, all of val's, as chosen)."""
-    calib, rest = calibration_split(scores, cfg.calibration_fraction, seed)
+    note = None
+    try:
+        calib, rest = calibration_split(scores, cfg.calibration_fraction, seed)
+    except ValueError as e:  # a val of one image (a toy source): chosen on all of it, and the file says so
+        calib = rest = scores
+        note = f"{e}; chosen and measured on all of val instead"
     chosen = metrics.operating_point(*_arrays(calib), cfg.target_precision)
     held = measured_at(rest, chosen["threshold"], cfg, seed)
-    part = "calibration" if cfg.calibration_fraction else "all"
-    return {
+    part = "calibration" if cfg.calibration_fraction and note is None else "all"
+    point = {
         "threshold": chosen["threshold"], "target_precision": chosen["target_precision"], "reached": chosen["reached"],
         "precision": held["precision"], "recall": held["recall"], "auto_pass_rate": held["auto_pass_rate"],
         "chosen_on": {"split": "val", "part": part, "calibration_fraction": float(cfg.calibration_fraction),
@@ -137,6 +143,9 @@ def operating_point(scores: list[dict], cfg: Evaluate, seed: int) -> dict:
                       "auto_pass_rate": chosen["auto_pass_rate"]},
         "measured_on": {"val_rest" if part == "calibration" else "val": held},
     }
+    if note:
+        point["chosen_on"]["note"] = note
+    return point
 
 
 def measure_at(scores: list[dict], cfg: Evaluate, threshold: float) -> dict:
@@ -189,6 +198,8 @@ def run(cfg: Evaluate, prompt: Prompt, seed: int, rendered: Path, model_dir: Pat
                                  cfg.prefetch)
               for split in ("val", "test") if split == "val" or tables.shard_paths(rendered, split)}
     breakdown, point = measure(scores["val"], cfg, seed)
+    if "note" in point["chosen_on"]:
+        print_fn(f"evaluate: warning: {point['chosen_on']['note']}")
     point["scoring"] = scoring.record()  # the gate's defaults
     breakdown["shortcut_auroc"] = shortcut_baseline(rendered, seed)
     if "test" in scores:  # the source's own evaluation rows, measured at the threshold val chose
@@ -206,7 +217,8 @@ def run(cfg: Evaluate, prompt: Prompt, seed: int, rendered: Path, model_dir: Pat
     print_fn(f"evaluate: accuracy {top['accuracy']:.3f}, AUROC {top['auroc']}, "
              f"shortcut AUROC {top['shortcut_auroc']:.3f}; gate threshold {top['threshold']:.3f} "
              f"(chosen on {point['chosen_on']['examples']} val examples, {point['chosen_on']['part']}); "
-             f"measured on the other {next(iter(point['measured_on'].values()))['examples']}: precision "
+             f"measured on {'the other' if point['chosen_on']['part'] == 'calibration' else 'the same'} "
+             f"{next(iter(point['measured_on'].values()))['examples']}: precision "
              f"{point['precision']}, recall {point['recall']}, auto-pass rate {point['auto_pass_rate']}")
     if "test" in breakdown:
         test = breakdown["test"]
