@@ -13,7 +13,12 @@ are TinySize fields (`++model.tiny.hidden_size=96`).
 
     python bench/demo_learning.py -S train.epochs=3 -S lr=2e-3 --work /tmp/demo-bench
 
-Prints one JSON line at the end: val_auroc, shortcut_auroc, the wall time of each stage, threads, load.
+`--small-shapes` draws the demo's shapes at SMALL_RADIUS instead of demo.SHAPE_RADIUS (a few patches at
+96 px: the case render.zoom is for).
+
+Prints one JSON line at the end: val_auroc, by negative kind, by query type (colour: "all red shapes";
+count: "the two red shapes"; the demo has no shape queries) and by colour, shortcut_auroc, the wall time
+of each stage, threads, load.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from maskgate import config  # noqa: E402  (pydantic and yaml only: nothing that imports transformers)
 
 DEMO = ["data.source=demo", "model.preset=tiny"]
+SMALL_RADIUS = (1 / 24, 1 / 14)  # --small-shapes: radius 4 to 7 px in a 96 px render, about one 16 px patch
 RECIPE = ROOT / "configs" / "demo.yaml"
 
 
@@ -61,12 +67,21 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def build_data(p: config.Params, work: Path) -> tuple[Path, float]:
+def query_type(query: str) -> str:
+    """count when the query names a number of objects ("the two red shapes"), else colour ("all red shapes")."""
+    from maskgate.data.demo import NUMBER_WORDS
+
+    return "count" if any(f" {w} " in f" {query} " for w in NUMBER_WORDS.values()) else "colour"
+
+
+def build_data(p: config.Params, work: Path, small_shapes: bool = False) -> tuple[Path, float]:
     """Rendered shards for these data settings, made once per settings in work/data-<hash>."""
-    from maskgate.data import negatives
+    from maskgate.data import demo, negatives
     from maskgate.data import prepare
     from maskgate.render import shards
-    keys = {"seed": p.seed,
+    if small_shapes:
+        demo.SHAPE_RADIUS = SMALL_RADIUS
+    keys = {"seed": p.seed, "small_shapes": small_shapes,
             **{k: dataclasses.asdict(getattr(p, k)) for k in ("data", "prepare", "negatives", "render", "prompt")}}
     folder = work / f"data-{digest(keys)}"
     if (folder / "rendered").is_dir():
@@ -102,6 +117,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/maskgate-demo-bench"))
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--keep", action="store_true", help="keep this run's checkpoints (default: start afresh)")
+    ap.add_argument("--small-shapes", action="store_true", help="demo shapes at SMALL_RADIUS (for render.zoom)")
     args = ap.parse_args()
 
     try:
@@ -120,11 +136,11 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
-    rendered, t_data = build_data(p, args.work)
+    rendered, t_data = build_data(p, args.work, args.small_shapes)
 
     from maskgate.model import train as training
 
-    run = args.work / f"run-{digest(dataclasses.asdict(p))}"
+    run = args.work / f"run-{digest([dataclasses.asdict(p), args.small_shapes])}"
     if not args.keep:
         shutil.rmtree(run, ignore_errors=True)
     started = time.time()
@@ -156,10 +172,9 @@ def main() -> int:
     from maskgate.utils import tables
     kinds = np.asarray([r["kind"] for r in tables.iter_shards(rendered, "val", columns=["kind"])])
     by_kind = {}
-    for kind in ("hard", "easy"):
+    for kind in sorted(set(kinds.tolist()) - {"positive"}):
         keep = (kinds == "positive") | (kinds == kind)
-        if (kinds == kind).any():
-            by_kind[kind] = float(roc_auc_score(labels[keep], p_accept[keep]))
+        by_kind[kind] = float(roc_auc_score(labels[keep], p_accept[keep]))
 
     # Per colour named in the query: a model that learnt some colours and not others shows here.
     from maskgate.data.demo import COLORS
@@ -171,9 +186,17 @@ def main() -> int:
         if len(set(labels[keep])) == 2:
             by_color[color] = round(float(roc_auc_score(labels[keep], p_accept[keep])), 4)
 
+    types = np.asarray([query_type(q) for q in val["query"]])
+    by_type = {}
+    for t in sorted(set(types.tolist())):
+        keep = types == t
+        if len(set(labels[keep])) == 2:
+            by_type[t] = {"auroc": round(float(roc_auc_score(labels[keep], p_accept[keep])), 4), "n": int(keep.sum())}
+
     result = {
         "val_auroc": round(val_auroc, 4),
         "val_auroc_by_negative_kind": {k: round(v, 4) for k, v in by_kind.items()},
+        "val_auroc_by_query_type": by_type,
         "val_auroc_by_query_color": by_color,
         "shortcut_auroc": round(short, 4),
         "examples": summary["examples"],
@@ -188,6 +211,7 @@ def main() -> int:
         "load_avg_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "changes": args.changes,
         "overrides": args.set,
+        "small_shapes": args.small_shapes,
     }
     print(json.dumps(result))
     return 0

@@ -61,12 +61,16 @@ class Negatives:
     max_iou: Float
     missing_instance: Int
     extra_instance: Int
+    pool_hard: Bool  # fill hard slots from the image's own gt_mask_pool when other rows' groups run out
+    max_easy_fill_share: Float  # the stage warns when more of the hard slots than this are filled with easy ones
 
     def __post_init__(self):
         if not 3 <= self.per_positive <= 6:
             raise ValueError(f"negatives.per_positive must be between 3 and 6, got {self.per_positive}")
         if not 0.0 <= self.hard_fraction <= 1.0:
             raise ValueError(f"negatives.hard_fraction must be in [0, 1], got {self.hard_fraction}")
+        if not 0.0 <= self.max_easy_fill_share <= 1.0:
+            raise ValueError(f"negatives.max_easy_fill_share must be in [0, 1], got {self.max_easy_fill_share}")
         for kind in ("missing_instance", "extra_instance"):
             if getattr(self, kind) < 0:
                 raise ValueError(f"negatives.{kind} must be a whole number >= 0 (0 = off), got {getattr(self, kind)}")
@@ -82,12 +86,20 @@ class Render:
     jpeg_quality: Int
     shard_size: Int
     workers: Int
+    style: Literal["fill", "keep_colours"]  # keep_colours: the group's own pixels, the rest desaturated and dimmed
+    background_dim: Float  # keep_colours: the grey level outside the group is multiplied by this
+    zoom: Bool  # the whole image beside a zoomed crop around the group, in the same canvas
+    zoom_context: Float  # zoom: the crop spans this many times the group's bounding box
 
     def __post_init__(self):
         if self.size < 32 or self.size % 32:
             raise ValueError(f"render.size must be a multiple of 32 (Qwen3-VL merges 32 px cells), got {self.size}")
         if not 0.0 <= self.fill_alpha <= 1.0:
             raise ValueError(f"render.fill_alpha must be in [0, 1], got {self.fill_alpha}")
+        if not 0.0 <= self.background_dim <= 1.0:
+            raise ValueError(f"render.background_dim must be in [0, 1], got {self.background_dim}")
+        if self.zoom_context < 1.0:
+            raise ValueError(f"render.zoom_context must be >= 1 (the crop holds the whole group), got {self.zoom_context}")
 
 
 @dataclass(config=SECTION)
@@ -152,11 +164,19 @@ class Evaluate:
     compile_vision: Bool
     target_precision: Float
     thresholds: list[Float]
+    calibration_fraction: Float  # share of val images the threshold is chosen on; 0 = all of val (measured there too)
+    bootstrap: Int  # resamples (by image) of the precision interval at the operating point; 0 = no interval
+    confidence: Float  # the interval's level
 
     def __post_init__(self):
         if (self.batch_size != "auto" and self.batch_size < 1) or self.workers < 0:
             raise ValueError(f"evaluate.batch_size must be >= 1 or auto and evaluate.workers >= 0, got "
                              f"{self.batch_size} and {self.workers}")
+        if not 0.0 <= self.calibration_fraction < 1.0:
+            raise ValueError(f"evaluate.calibration_fraction must be in [0, 1), got {self.calibration_fraction}")
+        if self.bootstrap < 0 or not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"evaluate.bootstrap must be >= 0 and evaluate.confidence in (0, 1), got "
+                             f"{self.bootstrap} and {self.confidence}")
 
 
 @dataclass(config=SECTION)

@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from maskgate import config
-from maskgate.data.negatives import build
+from maskgate.data.negatives import build, fill_warnings
 from maskgate.utils.tables import write_json
 
 
@@ -22,6 +22,8 @@ def main() -> int:
         print(f"negatives failed: {e}", file=sys.stderr)
         return 1
     write_json(report, args.report)
+    for line in fill_warnings(report, p.negatives):
+        print(line, file=sys.stderr)
     print(f"negatives: {report['examples']} examples, kinds {report['kinds']}, refused by IoU {report['refused_iou']}")
     return 0
 

@@ -16,12 +16,15 @@ from tests.conftest import box_mask
 
 def cfg(**changes) -> Negatives:
     return Negatives(**{"per_positive": 4, "hard_fraction": 0.5, "max_iou": 0.9, "missing_instance": 0,
-                        "extra_instance": 0, **changes})
+                        "extra_instance": 0, "pool_hard": False, "max_easy_fill_share": 0.25, **changes})
 
 
-def row(row_id, image, groups, h=40, w=60):
+def row(row_id, image, groups, h=40, w=60, pool=None):
+    """A prepared row; its pool is the masks of its groups unless given (prepare keeps the whole gt_mask_pool)."""
+    encoded = [[masks.encode(m) for m in g] for g in groups]
+    pool = [c for g in encoded for c in g] if pool is None else [masks.encode(m) for m in pool]
     return {"row_id": row_id, "image": image, "query": f"q {row_id}", "height": h, "width": w,
-            "groups": [[masks.encode(m) for m in g] for g in groups]}
+            "groups": encoded, "pool": pool}
 
 
 def boxes(i, h=40, w=60):
@@ -35,10 +38,12 @@ def rows():
     out = []
     for i in range(5):
         b = boxes(2 * i)
-        out += [row(f"i{i}-a", f"img{i}", [[b[0]]]), row(f"i{i}-b", f"img{i}", [[b[1], b[2]]]),
-                row(f"i{i}-c", f"img{i}", [[b[3]]]),
+        near = b[0] | box_mask(40, 60, 10, 11, 2 * i, 2 * i + 1)
+        pool = b + [near]  # every object of the image, as prepare keeps it
+        out += [row(f"i{i}-a", f"img{i}", [[b[0]]], pool=pool), row(f"i{i}-b", f"img{i}", [[b[1], b[2]]], pool=pool),
+                row(f"i{i}-c", f"img{i}", [[b[3]]], pool=pool),
                 # the same group as i{i}-a in other words, plus one pixel: must never be its negative
-                row(f"i{i}-d", f"img{i}", [[b[0] | box_mask(40, 60, 10, 11, 2 * i, 2 * i + 1)]])]
+                row(f"i{i}-d", f"img{i}", [[near]], pool=pool)]
     out.append(row("big", "img-big", [[box_mask(80, 120, 0, 40, 0, 40)]], h=80, w=120))
     return out
 
@@ -218,14 +223,92 @@ def test_stage_output_and_report(tmp_path, boxes_dataset, params):
 
     before = stage_outputs(tmp_path / "prepared", tmp_path / "a", s.negatives)
     assert stage_outputs(tmp_path / "prepared", tmp_path / "b", s.negatives) == before  # byte-identical
-    assert set(before[0]) == {"examples", "kinds", "refused_iou", "filled_with_easy", "short"}
+    assert set(before[0]) == {"examples", "kinds", "refused_iou", "filled_with_easy", "hard_slots", "easy_fill_share",
+                              "short"}
+    # 6 images of 2 rows, 3 objects: 2 hard slots per row. Without the pool the other row's group fills one
+    # and the other goes easy; with it, a pool draw (the one-box row gets one lower box, the two-box row a
+    # swap) fills it
+    off = negatives.build(tmp_path / "prepared", tmp_path / "off", dataclasses.replace(s.negatives, pool_hard=False), 0)
+    on = negatives.build(tmp_path / "prepared", tmp_path / "on", dataclasses.replace(s.negatives, pool_hard=True), 0)
+    assert (off["hard_slots"]["train"], off["easy_fill_share"]["train"]) == (20, 0.5)
+    assert on["easy_fill_share"]["train"] == 0.0 and on["kinds"]["train"]["pool_other"] > 0
+    assert on["kinds"]["train"]["pool_swap"] > 0 and "pool_swap" in on["refused_iou"]["train"]
 
-    on = dataclasses.replace(s.negatives, missing_instance=1, extra_instance=1)
+    on = dataclasses.replace(s.negatives, missing_instance=1, extra_instance=1, pool_hard=True)
     report, files = stage_outputs(tmp_path / "prepared", tmp_path / "c", on)
     assert stage_outputs(tmp_path / "prepared", tmp_path / "d", on) == (report, files)
     assert report["missing_instance"]["train"]["single_mask_group"] > 0  # the "top box" rows, one mask each
     assert set(report["extra_instance"]["train"]) == {"no_other_mask", "short"}
     assert report["kinds"]["train"]["missing_instance"] > 0 and report["kinds"]["train"]["extra_instance"] > 0
-    assert set(report["refused_iou"]["train"]) == {"hard", "easy", "missing_instance", "extra_instance"}
+    assert set(report["refused_iou"]["train"]) == {"hard", "easy", "missing_instance", "extra_instance",
+                                                   *negatives.POOL_KINDS}
     written = tables.read_table(tmp_path / "c" / "train.parquet")
     assert Counter(e["kind"] for e in written) == Counter(report["kinds"]["train"])
+
+
+# ----------------------------------------------------------------------------- hard negatives from the pool
+
+POOL_ON = cfg(pool_hard=True)
+
+
+def test_pool_hard_fills_the_slots_easy_would_take(rows):
+    off, off_counts = negatives.make_examples(rows, cfg(hard_fraction=1.0), seed=0)
+    on, on_counts = negatives.make_examples(rows, cfg(hard_fraction=1.0, pool_hard=True), seed=0)
+    # every other-row hard negative is kept as it was; only slots filled with easy ones change
+    assert [e for e in on if e["kind"] == "hard"] == [e for e in off if e["kind"] == "hard"]
+    assert on_counts["filled_with_easy"] < off_counts["filled_with_easy"]
+    pool_kinds = Counter(e["kind"] for e in on if e["kind"] in negatives.POOL_KINDS)
+    assert pool_kinds["pool_other"] > 0 and pool_kinds["pool_swap"] > 0
+    source = {r["row_id"]: r for r in rows}
+    for e in on:
+        if e["kind"] not in negatives.POOL_KINDS:
+            continue
+        r, right = source[e["row_id"]], set(source[e["row_id"]]["groups"][0])
+        assert (e["source_row_id"], e["source_group"], e["label"]) == (e["row_id"], negatives.POOL_GROUP, 0)
+        assert set(e["masks"]) <= set(r["pool"])
+        if e["kind"] == "pool_other":  # outside the group, as many objects as the group has (or all outside)
+            assert not set(e["masks"]) & right
+            assert len(e["masks"]) == min(len(right), len(set(r["pool"]) - right))
+        else:  # one object swapped
+            assert len(set(e["masks"]) - right) == 1 and len(right - set(e["masks"])) == 1
+        assert masks.iou(union(e), union(by_row(on)[e["row_id"]][0])) < cfg().max_iou
+    # "big" is alone on its image with a one-mask pool: nothing to draw, still filled with easy
+    assert [e["kind"] for e in by_row(on)["big"]] == ["positive"] + ["easy"] * 4
+
+
+def test_pool_hard_obeys_max_iou():
+    big = box_mask(40, 60, 0, 30, 0, 40)
+    near = big.copy()
+    near[30, 0] = True  # the same object under another mask: a swap or a pool_other of it is the right picture
+    rows = [row("r", "img0", [[big]], pool=[big, near]), row("o", "img1", [[box_mask(40, 60, 5, 9, 50, 58)]])]
+    examples, counts = negatives.make_examples(rows, POOL_ON, seed=0)
+    assert not [e for e in examples if e["kind"] in negatives.POOL_KINDS]
+    assert counts["refused_iou_pool_other"] > 0
+
+
+def test_pool_hard_is_deterministic_and_seeded(rows):
+    a = negatives.make_examples(rows, POOL_ON, seed=0)
+    assert digest(*a) == digest(*negatives.make_examples(rows, POOL_ON, seed=0))
+    assert a[0] != negatives.make_examples(rows, POOL_ON, seed=1)[0]
+
+
+def test_pool_hard_needs_the_pool(rows):
+    rows[0] = {k: v for k, v in rows[0].items() if k != "pool"}
+    negatives.make_examples(rows, cfg(), seed=0)  # off: the pool is not read
+    with pytest.raises(ValueError, match=r"row i0-a: no mask pool.*re-run prepare"):
+        negatives.make_examples(rows, POOL_ON, seed=0)
+
+
+def test_easy_fill_share_warns_above_the_limit():
+    report = {"easy_fill_share": {"train": 0.3, "val": 0.2, "test": None}, "filled_with_easy": {"train": 6},
+              "hard_slots": {"train": 20}}
+    lines = negatives.fill_warnings(report, cfg(max_easy_fill_share=0.25))
+    assert len(lines) == 1 and "train: 6 of 20 hard slots (30.0%)" in lines[0] and "pool_hard" in lines[0]
+    assert negatives.fill_warnings(report, cfg(max_easy_fill_share=0.3)) == []
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5])
+def test_max_easy_fill_share_is_checked(params, bad):
+    params["negatives"]["max_easy_fill_share"] = bad
+    with pytest.raises(config.ParamsError, match=r"negatives\.max_easy_fill_share must be in \[0, 1\]"):
+        settings(params)

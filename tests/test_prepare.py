@@ -35,3 +35,13 @@ def test_mask_ref_rows_do_not_count_as_bad():
     prepare.check_bad_fraction(100, skipped, 0.05)
     with pytest.raises(prepare.TooManyBadRows):
         prepare.check_bad_fraction(100, {"counts": {"bad_rle": 6}, "examples": {"bad_rle": "x"}}, 0.05)
+
+
+def test_prepare_keeps_every_pool_mask(tmp_path, boxes_dataset, params):
+    params["data"].update(source="local", path=str(boxes_dataset))
+    s = settings(params)
+    report = prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "p")
+    rows = prepared.read_rows(tmp_path / "p", "train")
+    # boxes_dataset: three boxes per image, each row's group holds one or two of them
+    assert rows and all(len(r["pool"]) == 3 and set(r["groups"][0]) < set(r["pool"]) for r in rows)
+    assert report["pool_masks_skipped"] == {} and report["pool_masks_rescaled"] == 0

@@ -105,3 +105,24 @@ def test_realdata_goes_through_unchanged():
     raws, store = source.rows["train"], source.images
     rows, skipped, stats = validate_all(raws, store, "rescale")
     assert len(rows) == 276 and skipped["counts"] == {} and stats["masks_rescaled"] == 0
+
+
+def test_the_whole_pool_is_kept_and_its_bad_masks_are_counted_by_row(tmp_path):
+    empty = rle(box_mask(40, 60, 0, 0, 0, 0))
+    wide = rle(box_mask(80, 120, 0, 10, 0, 10))  # twice the size, same aspect: rescaled
+    pool = POOL + [{"size": [40, 60], "counts": "not rle"}, empty, wide, {"size": [40, 70], "counts": "0"}]
+    rows, skipped, stats = run(tmp_path, [good("x", gt_mask_pool=pool), good("y", gt_mask_pool=POOL, gt_mask_group=[[1]])])
+    # the row stays: its query and group are fine; the pool loses the broken and empty masks outside the group
+    assert [r.row_id for r in rows] == ["x", "y"] and skipped["counts"] == {}
+    assert rows[0].pool[:2] == [POOL[0]["counts"], POOL[1]["counts"]] and len(rows[0].pool) == 3
+    assert rows[1].pool == [POOL[0]["counts"], POOL[1]["counts"]]  # the masks outside the group are kept too
+    dropped = stats["pool_masks_skipped"]
+    assert dropped["counts"] == {"bad_rle": 1, "empty_mask": 1, "mask_size_mismatch": 1}
+    assert all(text.startswith("row x: ") and "mask " in text for text in dropped["examples"].values())
+    assert stats["pool_masks_rescaled"] == 1 and stats["masks_rescaled"] == 0  # the group's own count is as before
+
+
+def test_a_bad_mask_inside_the_group_still_skips_the_row(tmp_path):
+    pool = [{"size": [40, 60], "counts": "not rle"}] + POOL
+    rows, skipped, stats = run(tmp_path, [good("x", gt_mask_pool=pool, gt_mask_group=[[0]])])
+    assert rows == [] and skipped["counts"] == {"bad_rle": 1} and stats["pool_masks_skipped"]["counts"] == {}

@@ -5,6 +5,16 @@ easy: a ground-truth group of another image of the same split, scaled to this im
 `per_positive` of these, a share `hard_fraction` hard. Rows short of hard candidates are filled
 with easy ones, and counted.
 
+With `pool_hard`, the hard slots other rows' groups leave empty are filled from the row's own
+`pool` (every annotated object of the image, prepare's copy of gt_mask_pool) before any easy one:
+pool_other: as many pool masks outside the right group as the group has distinct masks (fewer when
+  the pool has fewer), a wrong set of objects of the same image with the group's instance count;
+pool_swap: the right group with one of its masks swapped for a pool mask outside it (groups of 2+
+  distinct masks only: for a group of one, a swap is a pool_other).
+Both obey max_iou (counted per kind) and have source_row_id = the row itself, source_group = -1
+(a pool draw, not a ground-truth group). With one or two queries per image (MaskGroups, the demo),
+other rows give few hard candidates and most hard slots would otherwise turn easy.
+
 Two opt-in instance kinds (off by default; `missing_instance` / `extra_instance` candidates per
 positive, on top of `per_positive`) teach the verifier to count instances, not only to find the
 right objects:
@@ -23,14 +33,18 @@ see in the overlay, so the picture barely differs from the right one. Such candi
 and counted (`refused_iou`), never kept as doubtful negatives; raise max_iou to keep more of them.
 
 Report (reports/negatives.json): per split, `examples`, `kinds` (examples per kind), `refused_iou`
-(per kind), `filled_with_easy`, `short` (hard/easy negatives wanted but not made); for each instance
+(per kind), `filled_with_easy`, `hard_slots` (hard negatives wanted), `easy_fill_share`
+(filled_with_easy / hard_slots; the stage warns above `max_easy_fill_share`), `short` (hard/easy
+negatives wanted but not made); for each instance
 kind that is on, `{kind: {split: {single_mask_group | no_other_mask: rows, short: n}}}`, where
 `short` counts candidates wanted but not made in rows that could make the kind (refused by IoU, the
 same masks as another candidate, or fewer options than wanted). Kinds that are off add no key.
 
 Deterministic: each row draws hard and easy from its own generator seeded by (seed, row id), and
 each instance kind from a generator of its own seeded by (seed, row id, kind), so turning an
-instance kind on leaves the hard and easy negatives (and the other instance kind) unchanged.
+instance kind on leaves the hard and easy negatives (and the other instance kind) unchanged. The
+pool draws have a stream of their own too: turning pool_hard on keeps every other-row hard negative
+and changes only the slots that were filled with easy ones.
 """
 from __future__ import annotations
 
@@ -51,7 +65,11 @@ EASY_TRIES = 20  # random draws per wanted easy negative before the row is count
 # The opt-in instance kinds, each with its own random stream (see row_rng) and the counter of rows
 # that cannot make it at all.
 INSTANCE_KINDS = {"missing_instance": "single_mask_group", "extra_instance": "no_other_mask"}
-_STREAM = {"missing_instance": 1, "extra_instance": 2}
+_STREAM = {"missing_instance": 1, "extra_instance": 2, "pool": 3}
+# The kinds that fill hard slots: another row's group, then (pool_hard) draws from the image's own pool.
+HARD_KINDS = ("hard", "pool_other", "pool_swap")
+POOL_KINDS = HARD_KINDS[1:]
+POOL_GROUP = -1  # source_group of a pool draw: it is no ground-truth group
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,11 @@ def row_rng(seed: int, row_id: str, kind: str | None = None) -> np.random.Genera
     return np.random.default_rng(entropy if kind is None else entropy + [_STREAM[kind]])
 
 
+def hard_slots(cfg: Negatives) -> int:
+    """Hard negatives each positive wants; the ones no hard candidate fills go to easy."""
+    return round(cfg.per_positive * cfg.hard_fraction)
+
+
 def instance_counts(cfg: Negatives) -> dict[str, int]:
     """How many candidates of each instance kind a positive gets (0 = off)."""
     return {kind: getattr(cfg, kind) for kind in INSTANCE_KINDS}
@@ -115,6 +138,9 @@ def example(row: dict, c: Candidate, kind: str, index: int) -> dict:
 def negatives_for_row(row: dict, pool: dict[str, list[Candidate]], images: list[str], cfg: Negatives,
                       seed: int, counts: Counter, position: dict[str, int] | None = None) -> list[dict]:
     """The positive example of `row` followed by its negatives: hard, easy, then the instance kinds."""
+    if cfg.pool_hard and row.get("pool") is None:  # checked on every row, needed or not: a stale folder fails loudly
+        raise ValueError(f"row {row['row_id']}: no mask pool in the prepared rows; negatives.pool_hard needs "
+                         "the pool that prepare keeps: re-run prepare")
     rng = row_rng(seed, row["row_id"])
     k, max_iou = cfg.per_positive, cfg.max_iou
     right = Candidate(row["row_id"], 0, row["image"], row["height"], row["width"], tuple(row["groups"][0]))
@@ -132,12 +158,17 @@ def negatives_for_row(row: dict, pool: dict[str, list[Candidate]], images: list[
         chosen.append((c, kind))
         return True
 
-    want_hard = round(k * cfg.hard_fraction)
+    want_hard = hard_slots(cfg)
     same_image = [c for c in pool[row["image"]] if (c.row_id, c.group) != (right.row_id, 0)]
     for i in rng.permutation(len(same_image)):
         if sum(kind == "hard" for _, kind in chosen) == want_hard:
             break
         accept(same_image[i], "hard")
+    if cfg.pool_hard and len(chosen) < want_hard:
+        for c, kind in pool_options(row, right, want_hard - len(chosen), row_rng(seed, row["row_id"], "pool")):
+            if len(chosen) == want_hard:
+                break
+            accept(c, kind)
     counts["filled_with_easy"] += want_hard - len(chosen)
 
     # The j-th of the other images, without building their list per row (that made a split quadratic in
@@ -171,6 +202,24 @@ def negatives_for_row(row: dict, pool: dict[str, list[Candidate]], images: list[
             made += accept(options[i], kind)
         counts[f"short_{kind}"] += want - made
     return [example(row, right, "positive", 0)] + [example(row, c, kind, i + 1) for i, (c, kind) in enumerate(chosen)]
+
+
+def pool_options(row: dict, right: Candidate, want: int, rng: np.random.Generator):
+    """Random pool_other and pool_swap candidates for `want` hard slots (see the module docstring), at most
+    EASY_TRIES per slot; the caller keeps the ones max_iou and the seen-set accept."""
+    inside = set(right.counts)
+    outside = [m for m in dict.fromkeys(row["pool"]) if m not in inside]
+    distinct = list(dict.fromkeys(right.counts))
+    if not outside:
+        return
+    for _ in range(want * EASY_TRIES):
+        if len(distinct) >= 2 and rng.random() < 0.5:
+            drop, add = distinct[int(rng.integers(len(distinct)))], outside[int(rng.integers(len(outside)))]
+            group, kind = tuple(dict.fromkeys(add if m == drop else m for m in right.counts)), "pool_swap"
+        else:
+            pick = rng.choice(len(outside), size=min(len(distinct), len(outside)), replace=False)
+            group, kind = tuple(outside[j] for j in sorted(pick.tolist())), "pool_other"
+        yield Candidate(right.row_id, POOL_GROUP, right.image, right.height, right.width, group), kind
 
 
 def instance_options(row: dict, right: Candidate, pool: dict[str, list[Candidate]], kind: str) -> list[Candidate]:
@@ -223,7 +272,8 @@ def build(prepared: Path, out_dir: Path, cfg: Negatives, seed: int) -> dict:
     """Examples for every split of the prepare output, written as `{split}.parquet`; the report."""
     from maskgate.data.prepared import SPLITS, read_rows
 
-    report: dict = {"examples": {}, "kinds": {}, "refused_iou": {}, "filled_with_easy": {}, "short": {}}
+    report: dict = {"examples": {}, "kinds": {}, "refused_iou": {}, "filled_with_easy": {}, "hard_slots": {},
+                    "easy_fill_share": {}, "short": {}}
     with tables.atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             rows = read_rows(prepared, split)
@@ -233,7 +283,11 @@ def build(prepared: Path, out_dir: Path, cfg: Negatives, seed: int) -> dict:
             report["examples"][split] = len(examples)
             report["kinds"][split] = dict(sorted(Counter(e["kind"] for e in examples).items()))
             report["refused_iou"][split] = {k: counts[f"refused_iou_{k}"] for k in ("hard", "easy")}
+            if cfg.pool_hard:
+                report["refused_iou"][split].update((k, counts[f"refused_iou_{k}"]) for k in POOL_KINDS)
             report["filled_with_easy"][split] = counts["filled_with_easy"]
+            report["hard_slots"][split] = slots = len(rows) * hard_slots(cfg)
+            report["easy_fill_share"][split] = round(counts["filled_with_easy"] / slots, 4) if slots else None
             report["short"][split] = counts["short"]
             # Instance kinds only when on, so the default report is the same as before they existed.
             for kind, want in instance_counts(cfg).items():
@@ -242,3 +296,15 @@ def build(prepared: Path, out_dir: Path, cfg: Negatives, seed: int) -> dict:
                     report.setdefault(kind, {})[split] = {INSTANCE_KINDS[kind]: counts[INSTANCE_KINDS[kind]],
                                                           "short": counts[f"short_{kind}"]}
     return report
+
+
+def fill_warnings(report: dict, cfg: Negatives) -> list[str]:
+    """One line per split whose share of hard slots filled with easy negatives is above max_easy_fill_share."""
+    out = []
+    for split, share in report["easy_fill_share"].items():
+        if share is not None and share > cfg.max_easy_fill_share:
+            hint = "" if cfg.pool_hard else "; negatives.pool_hard: true fills them from the image's own mask pool"
+            out.append(f"negatives: warning: {split}: {report['filled_with_easy'][split]} of "
+                       f"{report['hard_slots'][split]} hard slots ({share:.1%}) were filled with easy negatives, above "
+                       f"negatives.max_easy_fill_share = {cfg.max_easy_fill_share:.1%}{hint}")
+    return out

@@ -36,7 +36,7 @@ def check_bad_fraction(rows_in: int, skipped: dict, limit: float, role: str = "t
 
 def row_record(row: Row) -> dict:
     return {"row_id": row.row_id, "image": row.image, "query": row.query,
-            "height": row.height, "width": row.width, "groups": row.groups}
+            "height": row.height, "width": row.width, "groups": row.groups, "pool": row.pool}
 
 
 def prepare(data: Data, cfg: Prepare, seed: int, out_dir: Path) -> dict:
@@ -53,7 +53,9 @@ def prepare(data: Data, cfg: Prepare, seed: int, out_dir: Path) -> dict:
     for role, (rows, skipped, stats) in checked.items():
         check_bad_fraction(stats["rows_in"], skipped, cfg.max_bad_fraction, role)
         report_in[role] = {"rows_in": stats["rows_in"], "kept": len(rows), "skipped": skipped["counts"],
-                           "skipped_examples": skipped["examples"], "masks_rescaled": stats["masks_rescaled"]}
+                           "skipped_examples": skipped["examples"], "masks_rescaled": stats["masks_rescaled"],
+                           "pool_masks_rescaled": stats["pool_masks_rescaled"],
+                           "pool_masks_skipped": stats["pool_masks_skipped"]}
     side = split_by_image({r.image for r in checked["train"][0]}, cfg.val_fraction, seed)
     side.update((image, "test") for image in test_images)
     rows = [r for role_rows, _, _ in checked.values() for r in role_rows]
@@ -78,6 +80,10 @@ def prepare(data: Data, cfg: Prepare, seed: int, out_dir: Path) -> dict:
         "skipped": dict(sorted(skipped_all.items())),
         "skipped_examples": dict(sorted(examples_all.items())),
         "masks_rescaled": sum(r["masks_rescaled"] for r in report_in.values()),
+        # the pool masks outside the groups (kept for the negatives stage): rescaled, or dropped by reason
+        "pool_masks_rescaled": sum(r["pool_masks_rescaled"] for r in report_in.values()),
+        "pool_masks_skipped": dict(sorted(sum((Counter(r["pool_masks_skipped"]["counts"]) for r in report_in.values()),
+                                              Counter()).items())),
         "by_source_split": report_in,
     }
 

@@ -15,6 +15,9 @@ from maskgate.utils import tables
 ROW_SCHEMA = pa.schema([
     ("row_id", pa.string()), ("image", pa.string()), ("query", pa.string()),
     ("height", pa.int32()), ("width", pa.int32()), ("groups", pa.list_(pa.list_(pa.string()))),
+    # every annotated object of the image (the row's gt_mask_pool, checked; the groups' masks included):
+    # the negatives stage draws hard negatives from the masks outside the right group
+    ("pool", pa.list_(pa.string())),
 ])
 IMAGE_SCHEMA = pa.schema([("image", pa.string()), ("bytes", pa.binary())])
 IMAGES_PER_SHARD = 500

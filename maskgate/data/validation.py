@@ -1,7 +1,11 @@
 """Check raw MaskGroups rows one by one; a row that fails is skipped with a named reason.
 
-A valid row becomes a `Row`: its query, its image name and size, and its ground-truth groups as
-compressed RLE strings at the image's own size (group 0 is the one the query names).
+A valid row becomes a `Row`: its query, its image name and size, its ground-truth groups as
+compressed RLE strings at the image's own size (group 0 is the one the query names), and its whole
+`gt_mask_pool` (every annotated object of the image), which the negatives stage draws hard negatives
+from. A pool mask outside the groups that is broken or covers no pixel cannot spoil the row's query
+and group, so it is dropped from the pool and counted (`pool_masks_skipped`, by reason, with one
+example naming the row); a broken mask inside a group still skips the whole row, as before.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ class Row:
     height: int
     width: int
     groups: list[list[str]]  # groups[0] answers the query
+    pool: list[str]  # the valid, non-empty masks of gt_mask_pool in pool order, the groups' own included
 
 
 class BadRow(ValueError):
@@ -119,8 +124,10 @@ def _rle_of(pool: list, index: object, height: int, width: int, policy: str, sta
     return masks.encode(masks.resize(m, height, width))
 
 
-def validate(raw: dict, images: ImageChecker, policy: str, stats: Counter) -> Row:
+def validate(raw: dict, images: ImageChecker, policy: str, stats: Counter, pool_skips: dict | None = None) -> Row:
     """A `Row`, or BadRow naming the first thing wrong with it."""
+    if pool_skips is None:
+        pool_skips = {"counts": Counter(), "examples": {}}
     if not isinstance(raw, dict):
         raise BadRow("bad_row", "not an object")
     row_id = raw.get("id")
@@ -141,17 +148,45 @@ def validate(raw: dict, images: ImageChecker, policy: str, stats: Counter) -> Ro
         checked.append([_rle_of(pool, i, height, width, policy, stats) for i in g])
     if not masks.union(masks.decode_group(checked[0], height, width)).any():
         raise BadRow("empty_group", "the named group covers no pixel")
-    return Row(str(row_id), name, query, height, width, checked)
+    in_groups = {i: c for g, cs in zip(groups, checked) for i, c in zip(g, cs)}
+    return Row(str(row_id), name, query, height, width, checked,
+               pool_of(pool, in_groups, height, width, policy, stats, pool_skips, str(row_id)))
+
+
+def pool_of(pool: list, in_groups: dict, height: int, width: int, policy: str, stats: Counter,
+            pool_skips: dict, row_id: str) -> list[str]:
+    """Every mask of the pool as a checked RLE string (the groups' masks as they were checked). A broken
+    or empty mask outside the groups is dropped, counted in pool_skips["counts"] under its reason, with
+    one example naming the row in pool_skips["examples"]; rescaled pool masks count as pool_masks_rescaled."""
+    out = []
+    for i in range(len(pool)):
+        if i in in_groups:
+            out.append(in_groups[i])
+            continue
+        try:
+            own = Counter()
+            counts = _rle_of(pool, i, height, width, policy, own)
+            if not masks.decode(counts, height, width, check=False).any():
+                raise BadRow("empty_mask", f"mask {i} covers no pixel")
+        except BadRow as e:
+            pool_skips["counts"][e.reason] += 1
+            pool_skips["examples"].setdefault(e.reason, f"row {row_id}: {e}")
+            continue
+        stats["pool_masks_rescaled"] += own["masks_rescaled"]
+        out.append(counts)
+    return out
 
 
 def validate_all(raws: Iterable[dict | RawError], store, policy: str, progress=None) -> tuple[list[Row], dict, Counter]:
-    """Valid rows, skipped counts by reason, and other counts (rows_in, masks_rescaled).
+    """Valid rows, skipped counts by reason, and other counts (rows_in, masks_rescaled, pool_masks_rescaled,
+    and pool_masks_skipped: {"counts": {reason: n}, "examples": {reason: text}}, the pool masks dropped).
 
     Duplicate ids: the first row keeps the id, later ones are skipped as `duplicate_id`.
     """
     images = ImageChecker(store)
     rows, skipped, stats, ids = [], Counter(), Counter(), set()
     examples: dict[str, str] = {}
+    pool_skips: dict = {"counts": Counter(), "examples": {}}
     for i, raw in enumerate(raws):
         stats["rows_in"] += 1
         if progress is not None:
@@ -159,7 +194,7 @@ def validate_all(raws: Iterable[dict | RawError], store, policy: str, progress=N
         try:
             if isinstance(raw, RawError):
                 raise BadRow(raw.reason, f"{raw.where}: {raw.detail}")
-            row = validate(raw, images, policy, stats)
+            row = validate(raw, images, policy, stats, pool_skips)
             if row.row_id in ids:
                 raise BadRow("duplicate_id", row.row_id)
             ids.add(row.row_id)
@@ -168,4 +203,6 @@ def validate_all(raws: Iterable[dict | RawError], store, policy: str, progress=N
             skipped[e.reason] += 1
             where = raw.where if isinstance(raw, RawError) else f"row {i} (id {raw.get('id') if isinstance(raw, dict) else '?'})"
             examples.setdefault(e.reason, f"{where}: {e}")
+    stats["pool_masks_skipped"] = {"counts": dict(sorted(pool_skips["counts"].items())),
+                                   "examples": dict(sorted(pool_skips["examples"].items()))}
     return rows, {"counts": dict(sorted(skipped.items())), "examples": dict(sorted(examples.items()))}, stats

@@ -182,6 +182,39 @@ def operating_point(labels, p_accept, target_precision: float) -> dict:
     }
 
 
+def bootstrap_at_threshold(labels, p_accept, groups, threshold: float, n_resamples: int, confidence: float,
+                           seed: int) -> dict:
+    """Percentile intervals of precision and recall of ACCEPT at ``threshold``, resampling ``groups``
+    (image names: the examples of one image are not independent) with replacement ``n_resamples`` times.
+
+    numpy's Generator seeded by ``seed``: the same inputs give the same interval, byte for byte.
+    Resamples where nothing is accepted (precision undefined) or with no positive (recall undefined)
+    are left out of that interval and counted (``undefined``). Returns
+    ``{confidence, resamples, precision: [lo, hi] | None, recall: [lo, hi] | None, undefined: {...}}``.
+    """
+    y, p = _check(labels, p_accept)
+    names, index = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    accepted = p >= threshold
+    tp = np.bincount(index, weights=(accepted & (y == 1)), minlength=len(names))
+    acc = np.bincount(index, weights=accepted, minlength=len(names))
+    pos = np.bincount(index, weights=(y == 1), minlength=len(names))
+    draw = np.random.default_rng(seed).integers(0, len(names), size=(n_resamples, len(names)))
+    tp_b, acc_b, pos_b = tp[draw].sum(axis=1), acc[draw].sum(axis=1), pos[draw].sum(axis=1)
+    tail = (1.0 - confidence) / 2 * 100
+
+    def interval(num, den):
+        ok = den > 0
+        if not ok.any():
+            return None, int(n_resamples)
+        lo, hi = np.percentile(num[ok] / den[ok], [tail, 100 - tail])
+        return [float(lo), float(hi)], int((~ok).sum())
+
+    precision, p_undefined = interval(tp_b, acc_b)
+    recall, r_undefined = interval(tp_b, pos_b)
+    return {"confidence": float(confidence), "resamples": int(n_resamples), "precision": precision, "recall": recall,
+            "undefined": {"precision": p_undefined, "recall": r_undefined}}
+
+
 def _scores(y: np.ndarray, p: np.ndarray, thresholds, target_precision, n_bins) -> dict:
     """Every metric of compute_metrics except ``by_kind``, on one set of examples."""
     both = 0 < y.sum() < len(y)

@@ -23,6 +23,7 @@ from maskgate.config import Render
 from maskgate.prompt import Prompt
 
 MANIFEST = "verifier.json"
+RENDER_BEFORE_VIEWS = {"style": "fill", "background_dim": 1.0, "zoom": False, "zoom_context": 1.0}
 
 
 def write_manifest(model_dir: Path, summary: dict, prompt: Prompt, render: Render) -> None:
@@ -48,7 +49,11 @@ def read_manifest(model_dir: Path) -> dict:
         raise ValueError(f"{path} was written by an older maskgate (no base revision, prompt tokens or render "
                          "settings): re-run `dvc repro train`")
     manifest["prompt"] = config.from_section(Prompt, manifest["prompt"], f"{path}: prompt")
-    manifest["render"] = config.from_section(config.Render, manifest["render"], f"{path}: render")
+    # A model trained before render.style and render.zoom existed was drawn in the only view there was:
+    # fill, no zoom. Its verifier.json lacks those keys; they are filled in so the gate keeps drawing it so
+    # (background_dim and zoom_context are unused by that view; any valid value draws the same bytes).
+    render = {**RENDER_BEFORE_VIEWS, **manifest["render"]} if isinstance(manifest["render"], dict) else manifest["render"]
+    manifest["render"] = config.from_section(config.Render, render, f"{path}: render")
     return manifest
 
 

@@ -1,8 +1,19 @@
 """Draw a candidate mask group on its image: the picture the verifier judges.
 
-The overlay style is one fixed style for every example (fill colour, alpha, outline colour and
-width from params). `render_overlay` takes no label: a positive and a negative with the same
-image and candidate give byte-identical pixels, so the label cannot leak into the picture.
+The overlay style is one fixed style for every example (params' render section), never chosen by
+label. `render_overlay` takes no label: a positive and a negative with the same image and candidate
+give byte-identical pixels, so the label cannot leak into the picture. Two styles (`render.style`):
+
+fill: the group tinted with `fill_color` at `fill_alpha`, the rest as it is. A magenta tint turns
+  a white shape pink, so a colour query is judged on changed colours.
+keep_colours: the group's own pixels untouched, the rest of the picture desaturated and dimmed
+  (grey level times `background_dim`), so the object keeps its colours and still stands out.
+Both outline each mask with `outline_color`.
+
+`render.zoom` (SAM 3's view for small objects): the same fixed canvas holds two panels, the whole
+image and a crop around the group (`zoom_context` times the group's bounding box, in the panel's
+shape), both drawn in the style; stacked when the image is landscape or square, side by side when
+it is portrait. The canvas size, and so the image token count, stays the same.
 
 Aspect ratio is kept by letterboxing: the long side is scaled to `size`, the short side keeps
 the ratio, and the rest of the square is filled with `PAD_COLOR`, image centred. Masks are
@@ -20,6 +31,8 @@ from pycocotools import mask as coco_mask
 from maskgate.config import Render
 from maskgate.data import masks as mask_utils
 PAD_COLOR = (114, 114, 114)  # neutral grey: no colour the fill or outline uses
+# A zoom crop never narrower than 1/MAX_ZOOM of the image's long side: past that, upscaling adds blur, not detail.
+MAX_ZOOM = 8
 
 
 @dataclass(frozen=True)
@@ -30,26 +43,32 @@ class Style:
     outline_color: tuple[int, int, int]
     outline_width: int
     jpeg_quality: int
+    style: str  # "fill" | "keep_colours"
+    background_dim: float  # keep_colours only
+    zoom: bool
+    zoom_context: float  # zoom only
 
     @classmethod
     def of(cls, r: Render) -> "Style":
         """The drawing settings of the render section (its other keys say how the shards are written)."""
         return cls(size=r.size, fill_color=tuple(r.fill_color), fill_alpha=r.fill_alpha,
-                   outline_color=tuple(r.outline_color), outline_width=r.outline_width, jpeg_quality=r.jpeg_quality)
+                   outline_color=tuple(r.outline_color), outline_width=r.outline_width, jpeg_quality=r.jpeg_quality,
+                   style=r.style, background_dim=r.background_dim, zoom=r.zoom, zoom_context=r.zoom_context)
 
 
-def letterbox_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
-    """(left, top, new_width, new_height) of the image inside the size x size square."""
-    scale = size / max(width, height)
+def letterbox_box(width: int, height: int, size: int, box_height: int | None = None) -> tuple[int, int, int, int]:
+    """(left, top, new_width, new_height) of the image inside the size x size square (or size x box_height)."""
+    box_w, box_h = size, size if box_height is None else box_height
+    scale = min(box_w / width, box_h / height)
     nw, nh = max(1, round(width * scale)), max(1, round(height * scale))
-    return (size - nw) // 2, (size - nh) // 2, nw, nh
+    return (box_w - nw) // 2, (box_h - nh) // 2, nw, nh
 
 
-def letterbox(img: Image.Image, size: int) -> tuple[Image.Image, tuple[int, int, int, int]]:
-    """The image scaled into a size x size canvas and where it sits (left, top, width, height)."""
-    box = letterbox_box(img.width, img.height, size)
+def letterbox(img: Image.Image, size: int, box_height: int | None = None) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """The image scaled into a size x size canvas (or size x box_height) and where it sits (left, top, width, height)."""
+    box = letterbox_box(img.width, img.height, size, box_height)
     left, top, nw, nh = box
-    canvas = Image.new("RGB", (size, size), PAD_COLOR)
+    canvas = Image.new("RGB", (size, size if box_height is None else box_height), PAD_COLOR)
     canvas.paste(img.resize((nw, nh), Image.Resampling.BILINEAR), (left, top))
     return canvas, box
 
@@ -57,20 +76,32 @@ def letterbox(img: Image.Image, size: int) -> tuple[Image.Image, tuple[int, int,
 class Canvas:
     """One letterboxed image, ready to take many candidate groups.
 
-    The tinted copy (the whole picture blended with the fill colour) is made once per image;
-    each group then copies it through its own mask, inside the group's bounding box only, so
-    the per-candidate cost is the mask work and the JPEG encode.
+    Two copies of the picture are made once per image: `base`, what lies outside the group, and
+    `tinted`, what lies inside it (fill: the original and the original blended with the fill colour;
+    keep_colours: the desaturated, dimmed original and the original). Each group then copies
+    `tinted` through its own mask, inside the group's bounding box only, so the per-candidate cost
+    is the mask work and the JPEG encode. With zoom, `render` hands each group to a `Zoom`.
     """
 
-    def __init__(self, image: Image.Image, style: Style):
+    def __init__(self, image: Image.Image, style: Style, panel: tuple[int, int] | None = None):
         self.style = style
-        base, self.box = letterbox(image, style.size)
-        a = style.fill_alpha
-        # The alpha blend as a per-channel lookup table: one pass in C, several times faster than Image.blend.
-        tinted = base.point([int(v * (1 - a) + c * a + 0.5) for c in style.fill_color for v in range(256)])
+        self.image = image
+        width, height = panel or (style.size, style.size)
+        original, self.box = letterbox(image, width, height)
+        if style.style == "keep_colours":
+            d = style.background_dim
+            # ITU-R 601 luma (PIL's "L"), then dimmed by a lookup table: the group stands out by its colours alone
+            base = original.convert("L").point([int(v * d + 0.5) for v in range(256)]).convert("RGB")
+            tinted = original
+        else:
+            a = style.fill_alpha
+            # The alpha blend as a per-channel lookup table: one pass in C, several times faster than Image.blend.
+            base = original
+            tinted = original.point([int(v * (1 - a) + c * a + 0.5) for c in style.fill_color for v in range(256)])
         self.base, self.tinted = _packed(base), _packed(tinted)
         self.outline = _packed(Image.new("RGB", (1, 1), style.outline_color))[0, 0]
         self._pieces: dict[str, Piece | None] = {}
+        self._context: Canvas | None = None  # zoom: the whole image in its panel, made once
 
     def piece(self, counts: str, height: int, width: int) -> "Piece | None":
         """A mask ready to draw, prepared once per image however many groups share it."""
@@ -92,7 +123,24 @@ class Canvas:
         return out
 
     def render(self, group_counts: list[str], height: int, width: int) -> bytes:
+        if self.style.zoom:
+            return encode_jpeg(self.zoomed(group_counts, height, width), self.style.jpeg_quality)
         return encode_jpeg(self.draw([self.piece(c, height, width) for c in group_counts]), self.style.jpeg_quality)
+
+    def zoomed(self, group_counts: list[str], height: int, width: int) -> np.ndarray:
+        """The whole image and a crop around the group, two panels of the one size x size canvas (packed)."""
+        size, stacked = self.style.size, width >= height
+        first = (size, size // 2) if stacked else (size // 2, size)
+        second = (size, size - size // 2) if stacked else (size - size // 2, size)
+        if self._context is None:
+            self._context = Canvas(self.image, self.style, first)
+        context = self._context.draw([self._context.piece(c, height, width) for c in group_counts])
+        x0, y0, x1, y1 = zoom_region(group_counts, height, width, second[0] / second[1], self.style.zoom_context)
+        crop = Canvas(self.image.crop((x0, y0, x1, y1)), self.style, second)
+        h, w = y1 - y0, x1 - x0
+        cut = [masks_in(c, height, width, x0, y0, x1, y1) for c in group_counts]
+        zoom = crop.draw([crop.piece(c, h, w) for c in cut])
+        return np.ascontiguousarray(np.concatenate([context, zoom], axis=0 if stacked else 1))
 
 
 @dataclass(frozen=True)
@@ -118,6 +166,28 @@ class Piece:
         r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, nh), min(c1, nw)
         m = np.ascontiguousarray(full.take(rows[r0:r1], axis=0).take(cols[c0:c1], axis=1))
         return cls((slice(r0, r1), slice(c0, c1)), m, _boundary(m, outline_width))  # image edge counts as boundary
+
+
+def zoom_region(group_counts: list[str], height: int, width: int, aspect: float, context: float) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the zoom crop: the group's bounding box times `context`, widened to the panel's
+    aspect (width / height), at least 1/MAX_ZOOM of the long side, shifted inside the image and clipped to it."""
+    boxes = [coco_mask.toBbox({"size": [height, width], "counts": c.encode()}) for c in group_counts]
+    boxes = [b for b in boxes if b[2] > 0 and b[3] > 0]
+    if not boxes:  # an empty group: the crop is the whole image
+        return 0, 0, width, height
+    x0 = min(b[0] for b in boxes); y0 = min(b[1] for b in boxes)
+    x1 = max(b[0] + b[2] for b in boxes); y1 = max(b[1] + b[3] for b in boxes)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    w = max((x1 - x0) * context, (y1 - y0) * context * aspect, max(width, height) / MAX_ZOOM)
+    w, h = min(w, width), min(w / aspect, height)
+    left = int(round(min(max(cx - w / 2, 0), width - w)))
+    top = int(round(min(max(cy - h / 2, 0), height - h)))
+    return left, top, min(width, left + max(1, int(round(w)))), min(height, top + max(1, int(round(h))))
+
+
+def masks_in(counts: str, height: int, width: int, x0: int, y0: int, x1: int, y1: int) -> str:
+    """A mask cut to the crop (x0, y0)-(x1, y1), as RLE at the crop's size."""
+    return mask_utils.encode(mask_utils.decode(counts, height, width, check=False)[y0:y1, x0:x1])
 
 
 def _packed(img: Image.Image) -> np.ndarray:

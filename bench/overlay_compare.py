@@ -1,0 +1,67 @@
+"""Issue 15's comparison of render views on the demo: the same recipe, seeds and training steps for each.
+
+Runs bench/demo_learning.py once per (view, seed) in turn (one at a time: the cores are shared), each with
+the demo recipe (configs/demo.yaml) and `-S data.demo_images=N`, and prints each run's JSON line, then a
+Markdown table: val AUROC overall, by query type (colour, count) and by negative kind, and the wall time.
+Views: fill and keep_colours on the demo's own scenes; fill without and with zoom on small shapes
+(`--small-shapes`). Every run trains the same number of steps (same data size, epochs and batch), so
+"the same time budget" is the same compute, whatever the machine's load.
+
+    python bench/overlay_compare.py --scenes 200 --seeds 0 1 --work /tmp/overlay-compare
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VIEWS = {  # name -> (overrides, small shapes)
+    "fill": (["render.style=fill"], False),
+    "keep_colours": (["render.style=keep_colours"], False),
+    "fill, small shapes": (["render.style=fill", "render.zoom=false"], True),
+    "fill + zoom, small shapes": (["render.style=fill", "render.zoom=true"], True),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenes", type=int, default=200)
+    ap.add_argument("--epochs", type=int, default=2, help="train.epochs of every run (the recipe has 4)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--zoom-seeds", type=int, nargs="+", default=[0], help="seeds of the small-shape runs")
+    ap.add_argument("--views", nargs="+", default=list(VIEWS), choices=list(VIEWS))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/maskgate-overlay-compare"))
+    args = ap.parse_args()
+    rows = []
+    # seeds outer, views inner: each seed's pair of views finishes before the next seed starts
+    order = [(seed, view) for seed in dict.fromkeys(args.seeds + args.zoom_seeds) for view in args.views
+             if seed in (args.zoom_seeds if VIEWS[view][1] else args.seeds)]
+    for seed, view in order:
+        overrides, small = VIEWS[view]
+        cmd = [sys.executable, str(ROOT / "bench" / "demo_learning.py"), "--work", str(args.work),
+               "-S", f"data.demo_images={args.scenes}", "-S", f"seed={seed}", "-S", f"train.epochs={args.epochs}"]
+        cmd += [a for o in overrides for a in ("-S", o)] + (["--small-shapes"] if small else [])
+        print("$", " ".join(cmd), flush=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            print(done.stderr[-3000:], file=sys.stderr)
+            return done.returncode
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        print(json.dumps({"view": view, "seed": seed, **result}), flush=True)
+        rows.append((view, seed, result))
+    print("\n| view | seed | val AUROC | colour queries | count queries | hard | pool_other | pool_swap | easy | train s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for view, seed, r in rows:
+        t, k = r["val_auroc_by_query_type"], r["val_auroc_by_negative_kind"]
+        cell = lambda d, key: f"{d[key]['auroc']:.3f} ({d[key]['n']})" if key in d else "-"
+        kind = lambda key: f"{k[key]:.3f}" if key in k else "-"
+        print(f"| {view} | {seed} | {r['val_auroc']:.3f} | {cell(t, 'colour')} | {cell(t, 'count')} | {kind('hard')} | "
+              f"{kind('pool_other')} | {kind('pool_swap')} | {kind('easy')} | {r['wall_s']['train']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
