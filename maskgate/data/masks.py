@@ -137,7 +137,7 @@ def rle_size(size: object) -> tuple[int, int]:
     """(height, width) of an RLE's `size`; BadMask unless it is two positive integers."""
     if (not isinstance(size, (list, tuple)) or len(size) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        raise BadMask(f"size {_short(size)} is not [height, width] in positive integers")
+        raise BadMask(f"size {short(size)} is not [height, width] in positive integers")
     return int(size[0]), int(size[1])
 
 
@@ -147,7 +147,7 @@ def check_pixels(h: int, w: int, limit: int, key: str, what: str) -> None:
         raise OverLimit(f"{what} is {h}x{w} = {h * w} pixels > limits.{key} = {limit}")
 
 
-def _short(v: object, n: int = 60) -> str:
+def short(v: object, n: int = 60) -> str:
     """repr cut short: a detail names a bad value without copying a huge one into every output."""
     try:
         text = repr(v)
@@ -210,9 +210,9 @@ def from_spec(spec, height: int, width: int, base_dir, limits: "Limits") -> str:
         try:
             found = path.is_file()
         except (OSError, ValueError) as e:  # a name too long for the file system, a NUL, a lone surrogate
-            raise BadMask(f"mask image {_short(spec)} cannot be looked up: {type(e).__name__}: {e}") from None
+            raise BadMask(f"mask image {short(spec)} cannot be looked up: {type(e).__name__}: {e}") from None
         if not found:
-            raise BadMask(f"mask image {_short(spec)} not found")
+            raise BadMask(f"mask image {short(spec)} not found")
         m = read_mask_image(path, spec, limits)
         return encode(rescaled(m, height, width, f"mask image {spec}"))
     if isinstance(spec, list) and spec:
