@@ -180,7 +180,7 @@ def parse_line(number: int, text: str, base_dir: Path, limits: Limits = GATE_LIM
     except (OSError, ValueError) as e:  # a name too long for the file system, a NUL, a lone surrogate
         raise BadLine("missing_image", f"{obj['image'][:200]}: {type(e).__name__}: {e}"[:500]) from None
     if not found:
-        raise BadLine("missing_image", str(obj["image"]))
+        raise BadLine("missing_image", obj["image"] if len(obj["image"]) <= 300 else obj["image"][:300] + "...")
     try:
         img = decode_image(path, limits.max_image_pixels)  # from the file: only what decoding needs is read
     except ImageTooLarge as e:

@@ -231,7 +231,8 @@ def read_mask_image(path, name: str, limits: "Limits") -> np.ndarray:
     except OverLimit:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise OverLimit(f"mask image {name}: PIL refuses it as a decompression bomb ({e})") from None
+        raise OverLimit(f"mask image {name}: PIL refuses it as a decompression bomb ({e}); limits.max_mask_pixels = "
+                        f"{limits.max_mask_pixels} does not lift PIL's own limit") from None
     except Exception as e:  # PIL raises many types for broken files
         raise BadMask(f"mask image {name} does not decode: {type(e).__name__}: {e}") from None
 

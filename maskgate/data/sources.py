@@ -47,7 +47,11 @@ class FolderImages:
 
     def read(self, name: str) -> bytes:
         path = self.root / name
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except (OSError, ValueError):  # a name too long for the file system: no such image here
+            found = False
+        if not found:
             raise ImageMissing(name)
         return path.read_bytes()
 

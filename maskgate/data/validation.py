@@ -82,7 +82,7 @@ class ImageChecker:
         try:
             data = self.store.read(name)
         except ImageMissing:
-            return BadRow("missing_image", name)
+            return BadRow("missing_image", name if len(name) <= 300 else name[:300] + "...")
         if not data:
             return BadRow("undecodable_image", f"{name}: empty file (0 bytes)")
         try:

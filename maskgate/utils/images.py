@@ -30,7 +30,9 @@ def decode_image(data: bytes | Path, max_pixels: int | None = None) -> Image.Ima
                                     f"> limits.max_image_pixels = {max_pixels}")
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageTooLarge(f"PIL refuses it as a decompression bomb ({e})") from None
+        # PIL checks at open, before the size can be read here: past its limit (89.5 MP), so past the default of ours
+        raise ImageTooLarge(f"PIL refuses it as a decompression bomb ({e}); limits.max_image_pixels = {max_pixels} "
+                            "does not lift PIL's own limit") from None
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Transparent pixels shown over white, as a viewer would show them.
         img = img.convert("RGBA")
