@@ -161,6 +161,15 @@ def validate(raw: dict, images: ImageChecker, policy: str, stats: Counter, limit
     return Row(str(row_id), name, query, height, width, checked)
 
 
+def _id_text(raw) -> str:
+    """A row's id as the report names it: cut short, '?' where there is none Python can write."""
+    try:
+        text = str(raw.get("id")) if isinstance(raw, dict) else "?"
+    except (ValueError, RecursionError):  # an int past the 4300-digit limit, a list nested too deep
+        text = "?"
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
 def validate_all(raws: Iterable[dict | RawError], store, policy: str, limits: Limits,
                  progress=None) -> tuple[list[Row], dict, Counter]:
     """Valid rows, skipped counts by reason, and other counts (rows_in, masks_rescaled).
@@ -187,7 +196,6 @@ def validate_all(raws: Iterable[dict | RawError], store, policy: str, limits: Li
             rows.append(row)
         except BadRow as e:
             skipped[e.reason] += 1
-            where = (raw.where if isinstance(raw, RawError)
-                     else f"row {i} (id {masks.short(raw.get('id')) if isinstance(raw, dict) else '?'})")
+            where = raw.where if isinstance(raw, RawError) else f"row {i} (id {_id_text(raw)})"
             examples.setdefault(e.reason, f"{where}: {e}")
     return rows, {"counts": dict(sorted(skipped.items())), "examples": dict(sorted(examples.items()))}, stats
