@@ -23,7 +23,7 @@ Outputs in the out folder:
 * ``auto_pass.jsonl`` / ``needs_review.jsonl``: the manifest lines themselves (with p_accept,
   decision or error added), split by route; bad lines go to needs_review.
 * ``needs_review.coco.json``: the needs-review groups as COCO annotations for review tools
-  (maskgate.interchange.review_coco): one RLE annotation per mask, p_accept among its attributes.
+  (maskgate.interchange.ReviewCoco): one RLE annotation per mask, p_accept among its attributes.
 * ``summary.json``: counts per route and per error reason, the threshold and where it came from.
 * ``review.html`` + ``review/``: the needs-review lines as a page for a person, with the overlay
   each was scored on (maskgate/review.py).
