@@ -6,6 +6,12 @@ Both single-process, so the ratio compares work, not scheduling; the stage's poo
 with all workers is printed too.
 
     python bench/render_bench.py --data samples/coco-groups --size 672
+    python bench/render_bench.py --qualities 95,90,85     # JPEG quality: bytes per overlay and PSNR
+
+--qualities: each overlay is drawn once (the render's own pixels, before JPEG), encoded at each quality,
+decoded again, and compared with the drawn pixels: mean bytes per overlay (and against the first quality),
+PSNR over all overlays' pixels, and the worst single overlay's PSNR. What the verifier sees is the decoded
+JPEG, so this is the loss the quality costs it; whether that loss changes AUROC needs training runs.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from maskgate import config
 from maskgate.data import negatives
 from maskgate.data import sources
 from maskgate.data.validation import validate_all
-from maskgate.render.overlay import Style, encode_jpeg, letterbox
+from maskgate.render.overlay import Canvas, Style, encode_jpeg, letterbox, unpacked
 from maskgate.render.shards import _job, render_image
 from maskgate.utils.images import decode_image
 
@@ -62,6 +68,7 @@ def main():
     ap.add_argument("--size", type=int, default=672)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--qualities", help="comma-separated JPEG qualities: measure bytes and PSNR instead of speed")
     args = ap.parse_args()
     p = config.load(ROOT / "params.yaml")
     try:  # --size checked as params.yaml's render.size is
@@ -71,6 +78,8 @@ def main():
     style = Style.of(render)
     jobs = jobs_from(args.data, p.negatives, style)
     n = sum(len(j[1]) for j in jobs)
+    if args.qualities:
+        return quality_table(jobs, [int(q) for q in args.qualities.split(",")], args.size)
     t_floor = timed(floor, jobs, args.repeats)
     t_render = timed(render_image, jobs, args.repeats)
     with Pool(args.workers) as pool:
@@ -82,6 +91,36 @@ def main():
     print(f"render, 1 process:                       {n / t_render:8.1f} overlays/s")
     print(f"render / floor time ratio:               {t_render / t_floor:8.2f}x  (goal <= 1.5)")
     print(f"render, pool of {args.workers} workers:              {n / t_pool:8.1f} overlays/s")
+
+
+def quality_table(jobs, qualities: list[int], size: int) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    sums = {q: {"bytes": 0, "sq": 0.0, "worst": float("inf")} for q in qualities}
+    n = pixels = 0
+    for image_bytes, groups, height, width, style in jobs:
+        canvas = Canvas(decode_image(image_bytes), style)
+        for g in groups:
+            drawn = unpacked(canvas.draw([canvas.piece(c, height, width) for c in g])).convert("RGB")
+            ref = np.asarray(drawn, dtype=np.float64)
+            n, pixels = n + 1, pixels + ref.size
+            for q in qualities:
+                jpeg = encode_jpeg(drawn, q)
+                err = ((np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=np.float64) - ref) ** 2).sum()
+                s = sums[q]
+                s["bytes"] += len(jpeg)
+                s["sq"] += err
+                s["worst"] = min(s["worst"], 10 * np.log10(255**2 / max(err / ref.size, 1e-12)))
+    print(f"{n} overlays of {len(jobs)} images at {size} px, against the drawn pixels before JPEG")
+    print(f"{'quality':>8}{'bytes/overlay':>15}{'x first':>9}{'PSNR dB':>9}{'worst dB':>10}")
+    first = sums[qualities[0]]["bytes"]
+    for q in qualities:
+        s = sums[q]
+        psnr = 10 * np.log10(255**2 / (s["sq"] / pixels))
+        print(f"{q:>8}{s['bytes'] / n:>15.0f}{s['bytes'] / first:>9.3f}{psnr:>9.2f}{s['worst']:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -76,17 +76,22 @@ sys.path.insert(0, str(ROOT))
 from maskgate import config  # noqa: E402  (pydantic and yaml only: nothing that imports transformers)
 
 
-def train_cfg(backend="hf", mb=16, gc=True, workers=0, four_bit=False) -> dict:
-    """A training configuration: its keys of params.yaml's `train` section."""
+def train_cfg(backend="hf", mb=16, gc=True, workers=0, four_bit=False, bv=False) -> dict:
+    """A training configuration: its keys of params.yaml's `train` section (mb "auto": train.micro_batch_size auto)."""
     return {"kind": "train", "backend": backend, "micro_batch_size": mb, "train": {
-        "backend": backend, "gradient_checkpointing": gc, "dataloader_workers": workers, "load_in_4bit": four_bit}}
+        "backend": backend, "gradient_checkpointing": gc, "dataloader_workers": workers, "load_in_4bit": four_bit,
+        "batched_vision": bv}}
 
 
-def score_cfg(batch=32, workers=0, merge=False, compile_=False) -> dict:
+def score_cfg(batch=32, workers=0, merge=False, compile_=False, bv=False, prefetch=False, cv=False) -> dict:
     """A scoring configuration: its keys of params.yaml's `evaluate` section (speedups.Scoring's, less the batch)."""
     return {"kind": "score", "batch_size": batch, "evaluate": {
-        "workers": workers, "merge_adapter": merge, "compile": compile_}}
+        "workers": workers, "prefetch": prefetch, "merge_adapter": merge, "compile": compile_, "batched_vision": bv,
+        "compile_vision": cv}}
 
+
+AUTO_EFFECTIVE = 64  # train.batch_size of the micro-batch-auto configurations (accumulation makes it up)
+SCORE_EXAMPLES, SCORE_WARMUP = 512, 256  # every scoring configuration scores the same examples, whatever its batch
 
 CONFIGS = {
     "ref-hf-gc-b16": train_cfg("hf", 16, gc=True),
@@ -95,14 +100,23 @@ CONFIGS = {
     "unsloth16-nogc-b8": train_cfg("unsloth", 8, gc=False, four_bit=False),
     "unsloth16-nogc-b16": train_cfg("unsloth", 16, gc=False, four_bit=False),
     "unsloth4-nogc-b16": train_cfg("unsloth", 16, gc=False, four_bit=True),
+    "unsloth16-nogc-bv-b16": train_cfg("unsloth", 16, gc=False, bv=True),
+    "unsloth16-nogc-bv-w4-b16": train_cfg("unsloth", 16, gc=False, workers=4, bv=True),
+    "unsloth16-nogc-bv-w4-auto": train_cfg("unsloth", "auto", gc=False, workers=4, bv=True),
     "ref-score-b32": score_cfg(32),
     "hf-w4-gc-b32": train_cfg("hf", 32, gc=True, workers=4),
     "hf-w4-nogc-b8": train_cfg("hf", 8, gc=False, workers=4),
+    "hf-nogc-bv-auto": train_cfg("hf", "auto", gc=False, bv=True),
     "score-w4-b32": score_cfg(32, workers=4),
     "score-w4-merge-b32": score_cfg(32, workers=4, merge=True),
     "score-compile-b64": score_cfg(64, compile_=True),
     "score-merge-compile-b64": score_cfg(64, merge=True, compile_=True),
     "score-w6-merge-compile-b64": score_cfg(64, workers=6, merge=True, compile_=True),
+    "score-merge-compile-bv-b64": score_cfg(64, merge=True, compile_=True, bv=True),
+    "score-merge-compile-bv-pf-b64": score_cfg(64, merge=True, compile_=True, bv=True, prefetch=True),
+    "score-merge-compile-bv-pf-auto": score_cfg("auto", merge=True, compile_=True, bv=True, prefetch=True),
+    "score-merge-compile-bv-cv-pf-b64": score_cfg(64, merge=True, compile_=True, bv=True, prefetch=True, cv=True),
+    "score-merge-compile-bv-cv-pf-auto": score_cfg("auto", merge=True, compile_=True, bv=True, prefetch=True, cv=True),
 }
 SMOKE_CONFIGS = ["ref-hf-gc-b16", "ref-unsloth4-b32", "ref-score-b32", "hf-w4-nogc-b8", "score-w4-merge-b32",
                  "score-w6-merge-compile-b64"]
@@ -132,8 +146,8 @@ def config_params(base: dict, cfg: dict, warmup: int, steps: int) -> dict:
     p = json.loads(json.dumps(base))
     mb = cfg["micro_batch_size"]
     p["train"].update(cfg["train"])
-    p["train"].update(batch_size=mb, micro_batch_size=mb, epochs=1, eval_examples=0, save_steps=10**6,
-                      logging_steps=1, warmup_ratio=0.0)
+    p["train"].update(batch_size=AUTO_EFFECTIVE if mb == "auto" else mb, micro_batch_size=mb, epochs=1,
+                      eval_examples=0, save_steps=10**6, logging_steps=1, warmup_ratio=0.0)
     p["train"]["max_text_tokens"] = text_budget(base)
     return p
 
@@ -149,7 +163,8 @@ def smoke_cfg(cfg: dict) -> dict:
     settings = cfg.get("train") or cfg.get("evaluate")
     key = "dataloader_workers" if cfg["kind"] == "train" else "workers"
     settings[key] = min(settings[key], 2)  # the CPU check shares 2 cores
-    cfg["micro_batch_size" if cfg["kind"] == "train" else "batch_size"] = 2
+    size = "micro_batch_size" if cfg["kind"] == "train" else "batch_size"
+    cfg[size] = "auto" if cfg[size] == "auto" else 2
     return cfg
 
 
@@ -306,7 +321,8 @@ def worker_train(args, spec) -> dict:
     if "t0" not in marks or "t1" not in marks:
         raise RuntimeError(f"timer saw steps up to {summary['global_step']}, wanted {warmup + steps}")
     measured = [x["loss"] for x in losses if warmup < x["step"] <= warmup + steps]
-    return {"backend": backend, "seconds": marks["t1"] - marks["t0"], "examples": steps * spec["batch"],
+    return {"backend": backend, "seconds": marks["t1"] - marks["t0"], "examples": steps * s.train.batch_size,
+            "micro_batch": summary["batch"]["micro"],
             "loss_steps": losses, "loss_measured_mean": sum(measured) / len(measured) if measured else None,
             "loss_first": losses[0]["loss"] if losses else None, "peak_gib": peak_gib(),
             "trainable_params": summary["params"]["trainable"], "cuda": torch.cuda.is_available()}
@@ -325,7 +341,7 @@ def worker_score(args, spec) -> dict:
     from maskgate.model.train import TrainJob
     from maskgate.utils import tables
 
-    s, warmup, steps, bs = settings(spec["params"]), spec["warmup"], spec["steps"], spec["batch"]
+    s = settings(spec["params"])
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     base = build_local_base(s.model, s.prompt, s.seed, Path(spec["model_dir"]), device, dtype)
@@ -342,17 +358,21 @@ def worker_score(args, spec) -> dict:
     model = speedups.for_scoring(model, scoring, "bench")
     prompt = s.prompt
     shard_rows = list(tables.iter_shards(Path(spec["rendered"]), "train"))
-    measured = [to_example(r) for r in shard_rows[: steps * bs]]
-    warm = [to_example(r) for r in shard_rows[steps * bs : (steps + warmup) * bs]]
+    n, n_warm = spec["examples"], spec["warmup_examples"]
+    measured = [to_example(r) for r in shard_rows[:n]]
+    warm = [to_example(r) for r in shard_rows[n : n + n_warm]]
     seq = TrainJob.of(s).max_length  # the train stage's budget, which evaluate reads back from verifier.json
-    workers = scoring.workers
-    score(model, processor, prompt, warm, seq, bs, desc="warm-up", workers=workers)
+    t = time.perf_counter()
+    bs = speedups.batch_size(model, processor, prompt, s.render.size, seq, scoring, "bench")  # auto: the probe
+    probe_s = time.perf_counter() - t
+    kw = {"workers": scoring.workers, "prefetch": scoring.prefetch}
+    score(model, processor, prompt, warm, seq, bs, desc="warm-up", **kw)
     sync()
     t = time.perf_counter()
-    p = score(model, processor, prompt, measured, seq, bs, desc="measured", workers=workers)
+    p = score(model, processor, prompt, measured, seq, bs, desc="measured", **kw)
     sync()
     return {"seconds": time.perf_counter() - t, "examples": len(measured), "p_accept": [float(x) for x in p],
-            "peak_gib": peak_gib(), "cuda": cuda}
+            "peak_gib": peak_gib(), "cuda": cuda, "batch_used": bs, "probe_s": round(probe_s, 1)}
 
 
 WORKERS = {"matmul": worker_matmul, "build": worker_build, "train": worker_train, "score": worker_score}
@@ -395,7 +415,10 @@ def measure(args, name: str, cfg: dict, base: dict, rows: list[dict], facts: dic
     from maskgate.model import flops
 
     batch = cfg["micro_batch_size"] if cfg["kind"] == "train" else cfg["batch_size"]
-    n = (args.warmup + args.steps) * batch
+    if cfg["kind"] == "train":
+        n = (args.warmup + args.steps) * (AUTO_EFFECTIVE if batch == "auto" else batch)
+    else:
+        n = args.score_examples + args.score_warmup
     rendered = write_rendered(rows, n, args.work / f"rendered-{n}")
     if cfg["kind"] == "train":
         params = config_params(base, cfg, args.warmup, args.steps)
@@ -411,9 +434,12 @@ def measure(args, name: str, cfg: dict, base: dict, rows: list[dict], facts: dic
         return {"name": name, "status": f"failed: {e}", "kind": cfg["kind"], "batch": batch}
     shutil.rmtree(args.work / name, ignore_errors=True)  # checkpoints of an earlier run would be resumed from
     spec = {"kind": cfg["kind"], "params": params, "warmup": args.warmup, "steps": args.steps, "batch": batch,
-            "rendered": str(rendered), "model_dir": str(model_dir), "work": str(args.work / name)}
+            "rendered": str(rendered), "model_dir": str(model_dir), "work": str(args.work / name),
+            "examples": args.score_examples, "warmup_examples": args.score_warmup}
     out = run_worker(args, name, spec, timeout)
-    out.update(kind=cfg["kind"], batch=batch, settings=cfg.get("train") or cfg.get("evaluate"))
+    used = out.get("micro_batch") if cfg["kind"] == "train" else out.get("batch_used")
+    out.update(kind=cfg["kind"], batch=(f"a{used}" if used else "auto") if batch == "auto" else batch,
+               settings=cfg.get("train") or cfg.get("evaluate"))
     if out["status"] != "ok":
         return out
     shape = flops.Shape.from_config(model_config(model_dir))
@@ -487,6 +513,9 @@ def main() -> int:
     ap.add_argument("--configs", default=None, help=f"comma-separated, from: {', '.join(CONFIGS)} (default: all)")
     ap.add_argument("--steps", type=int, default=None, help="measured steps (batches) per configuration (default 5)")
     ap.add_argument("--warmup", type=int, default=None, help="steps before timing starts (default 3)")
+    ap.add_argument("--score-examples", type=int, default=None,
+                    help=f"examples each scoring configuration times (default {SCORE_EXAMPLES})")
+    ap.add_argument("--score-warmup", type=int, default=None, help=f"examples scored before timing (default {SCORE_WARMUP})")
     ap.add_argument("--tokens", type=int, default=None, help="tokens per training example (default 617; 0 = longest row)")
     ap.add_argument("--size", type=int, default=None, help="overlay side in px (default 672)")
     ap.add_argument("--preset", default=None, help="model preset (default random-8b)")
@@ -498,8 +527,8 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="CPU check: tiny preset, 64 px, batch 2, 2 steps")
     ap.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    smoke = {"steps": 2, "warmup": 1, "tokens": 0, "size": 64, "preset": "tiny", "demo_images": 8, "timeout": 300}
-    full = {"steps": 5, "warmup": 3, "tokens": 617, "size": 672, "preset": "random-8b", "demo_images": 40, "timeout": 300}
+    smoke = {"steps": 2, "warmup": 1, "score_examples": 4, "score_warmup": 2, "tokens": 0, "size": 64, "preset": "tiny", "demo_images": 8, "timeout": 300}
+    full = {"steps": 5, "warmup": 3, "score_examples": SCORE_EXAMPLES, "score_warmup": SCORE_WARMUP, "tokens": 617, "size": 672, "preset": "random-8b", "demo_images": 40, "timeout": 300}
     for key, value in (smoke if args.smoke else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)

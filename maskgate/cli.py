@@ -4,6 +4,7 @@ Every status line goes to stderr; stdout is kept for results a script reads (ver
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 # `verify --exit-code` (one candidate), for a shell script that gates on it; grep's convention.
@@ -120,7 +121,8 @@ def cmd_verify(args) -> int:
         if built is not None:
             status(f"verify: {describe_input(built.info)}")
         scoring, settings_from = scoring_settings(args.params, args.operating_point)
-        batch_size = args.batch_size or scoring.batch_size
+        if args.batch_size:
+            scoring = dataclasses.replace(scoring, batch_size=args.batch_size)
         status(f"verify: scoring settings from {settings_from}; limits from {limits_from}")
         threshold, source = gate.threshold_from(args.operating_point, args.threshold)
         if args.quiet:
@@ -129,7 +131,7 @@ def cmd_verify(args) -> int:
         if single:
             return verify_one(g, args, threshold, limits)
         manifest = args.manifest if built is None else args.out / gate.CANDIDATES
-        s = gate.run(manifest, args.out, g, threshold, source, batch_size, args.fresh, progress=not args.quiet,
+        s = gate.run(manifest, args.out, g, threshold, source, g.batch_size, args.fresh, progress=not args.quiet,
                      built=built, limits=limits)
     except (OSError, ValueError) as e:  # OSError: no model, manifest or operating point; unsafe weights
         print(f"verify: {e}", file=sys.stderr)  # ValueError includes interchange.InputError

@@ -111,7 +111,7 @@ class Lora:
 class Train:
     backend: Literal["auto", "hf", "unsloth"]
     batch_size: Int
-    micro_batch_size: Int
+    micro_batch_size: Union[Int, Literal["auto"]]
     gpus: Int
     epochs: Int
     warmup_ratio: Float
@@ -129,9 +129,12 @@ class Train:
     logging_steps: Int
     dataloader_workers: Int
     cpu_threads: Int
+    batched_vision: Bool
 
     def __post_init__(self):
-        for key in ("batch_size", "micro_batch_size", "gpus", "epochs", "max_text_tokens", "save_steps", "logging_steps"):
+        if self.micro_batch_size != "auto" and self.micro_batch_size < 1:
+            raise ValueError(f"train.micro_batch_size must be a positive integer or auto, got {self.micro_batch_size}")
+        for key in ("batch_size", "gpus", "epochs", "max_text_tokens", "save_steps", "logging_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key} must be a positive integer, got {getattr(self, key)}")
 
@@ -140,16 +143,20 @@ class Train:
 class Evaluate:
     """Also the gate's scoring settings (`maskgate verify --params`)."""
 
-    batch_size: Int
+    batch_size: Union[Int, Literal["auto"]]
     workers: Int
+    prefetch: Bool
     merge_adapter: Bool
     compile: Bool
+    batched_vision: Bool
+    compile_vision: Bool
     target_precision: Float
     thresholds: list[Float]
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.workers < 0:
-            raise ValueError(f"evaluate.batch_size must be >= 1 and evaluate.workers >= 0, got {self.batch_size} and {self.workers}")
+        if (self.batch_size != "auto" and self.batch_size < 1) or self.workers < 0:
+            raise ValueError(f"evaluate.batch_size must be >= 1 or auto and evaluate.workers >= 0, got "
+                             f"{self.batch_size} and {self.workers}")
 
 
 @dataclass(config=SECTION)

@@ -245,6 +245,8 @@ class Gate:
         self.max_length = int(manifest["max_length"])
         self.model, self.processor = load_verifier(model_dir, device)
         self.model = speedups.for_scoring(self.model, scoring, "gate", print_fn)
+        self.batch_size = speedups.batch_size(self.model, self.processor, self.prompt, manifest["render"].size,
+                                              self.max_length, scoring, "gate", print_fn)
 
     def example(self, c: Candidate, picture: bytes | None = None):
         """The model's input for a candidate: its overlay decoded as train and evaluate decode theirs.
@@ -489,5 +491,5 @@ def verify(manifest: Path, model_dir: Path = Path("models/verifier"), out_dir: P
     the same values).
     """
     t, source = threshold_from(operating_point, threshold)
-    return run(manifest, out_dir, Gate(model_dir, device, scoring), t, source, scoring.batch_size, fresh, progress,
-               built, limits)
+    g = Gate(model_dir, device, scoring)
+    return run(manifest, out_dir, g, t, source, g.batch_size, fresh, progress, built, limits)

@@ -28,7 +28,8 @@ def main() -> int:
             from maskgate.model.train import gradient_accumulation
 
             resolve_backend(cfg, p.model.preset)  # refuses unsloth data-parallel here, before N processes start
-            gradient_accumulation(cfg.batch_size, cfg.micro_batch_size, cfg.gpus)  # fail here, not in N processes
+            # fail here, not in N processes (auto: known per process once the model loads; 1 must divide too)
+            gradient_accumulation(cfg.batch_size, 1 if cfg.micro_batch_size == "auto" else cfg.micro_batch_size, cfg.gpus)
             launch.check_gpus(cfg.gpus)
             launch.relaunch(cfg.gpus, __file__, sys.argv[1:])  # does not return
         if launch.launched() and launch.is_main_process() and world_size() != cfg.gpus:

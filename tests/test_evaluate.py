@@ -10,7 +10,7 @@ from maskgate.model import verifier
 from maskgate.utils import tables
 from tests.test_render import rendered  # noqa: F401  (fixture)
 
-CFG = Evaluate(batch_size=4, workers=0, merge_adapter=False, compile=False, target_precision=0.9, thresholds=[0.5, 0.9])
+CFG = Evaluate(batch_size=4, workers=0, prefetch=False, merge_adapter=False, compile=False, batched_vision=True, compile_vision=False, target_precision=0.9, thresholds=[0.5, 0.9])
 
 
 def test_measure_from_hand_made_scores():

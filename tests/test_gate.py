@@ -293,7 +293,7 @@ def test_gate_scores_as_evaluate_does_with_the_speed_settings(tmp_path, small_ve
     manifest = write_manifest(tmp_path / "in", [good(0), good(1, query="the lower box")])
     plain = gate.run(manifest, tmp_path / "plain", loaded_gate, 0.5, "given", progress=False)
     merged = gate.Gate(small_verifier, device="cpu",
-                       scoring=Scoring(batch_size=16, workers=0, merge_adapter=True, compile=False))
+                       scoring=Scoring(batch_size=16, workers=0, prefetch=False, merge_adapter=True, compile=False, batched_vision=True, compile_vision=False))
     assert not hasattr(merged.model, "merge_and_unload")  # no peft wrapper left
     fast = gate.run(manifest, tmp_path / "fast", merged, 0.5, "given", progress=False)
     assert plain == fast

@@ -82,3 +82,43 @@ def test_data_stages_through_dvc_are_byte_reproducible(tmp_path, source):
     if source == "realdata":
         assert report["rows_in"] == 276 and report["skipped"] == {}
         assert sum(neg["refused_iou"]["train"].values()) > 0  # realdata has same-group query pairs
+
+
+def test_dvc_cache_holds_the_shards_once_linked_not_copied(tmp_path):
+    """.dvc/config's cache.type: after `dvc repro`, each output file is the cache's own (a hardlink: the same
+    inode; or a symlink into the cache), read-only, so the shards are on disk once, also after an experiment
+    re-renders them. A forced rerun whose outputs are already cached is left as copies by DVC 3.67 (measured):
+    `dvc checkout --relink` links them again (docs/reproducibility.md). Every cache object stays intact."""
+    import hashlib
+
+    repo = project_copy(tmp_path)
+    set_params(repo, data__source="demo", data__demo_images=12, render__size=64)
+    sh("dvc", "repro", "render", cwd=repo)
+    cache = repo / ".dvc" / "cache" / "files" / "md5"
+
+    def check_linked():
+        objects = {}
+        for p in cache.rglob("*"):
+            if p.is_file() and not p.name.endswith(".dir"):
+                objects[p.stat().st_ino] = p
+                assert hashlib.md5(p.read_bytes()).hexdigest() == p.parent.name + p.name  # not corrupted
+        outputs = [p for out in ("data/prepared", "data/negatives", "data/rendered")
+                   for p in sorted((repo / out).rglob("*")) if p.is_file()]
+        assert outputs
+        for p in outputs:
+            target = p.resolve()
+            linked = (p.is_symlink() and cache in target.parents) or p.stat().st_ino in objects
+            assert linked, f"{p.relative_to(repo)} is a copy of its cache object, not the object itself"
+            assert not p.stat().st_mode & 0o222, f"{p.relative_to(repo)} is writable: DVC did not protect it"
+        # no cache object holds a second copy of a workspace file: every content is on disk once
+        contents = [hashlib.md5(p.read_bytes()).hexdigest() for p in objects.values()]
+        assert len(contents) == len(set(contents))
+
+    check_linked()
+    set_params(repo, render__jpeg_quality=90)  # an experiment's re-render: new shards, committed as links
+    sh("dvc", "repro", "render", cwd=repo)
+    check_linked()
+    sh("dvc", "repro", "--force", "render", cwd=repo)
+    sh("dvc", "checkout", "--relink", *DATA_STAGES, cwd=repo)
+    check_linked()
+    assert "up to date" in sh("dvc", "status", *DATA_STAGES, cwd=repo).lower()

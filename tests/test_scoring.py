@@ -113,3 +113,16 @@ def test_a_third_answer_flows_through_without_code_changes(three_answers):
     two = np.array([direct_p_accept(model, processor, prompt, ex, n_answers=2) for ex in examples])
     np.testing.assert_allclose(p, three, atol=1e-5)
     assert (two - three > 1e-3).all()  # not the two-answer score
+
+
+def test_prefetched_batches_score_the_same_in_order(spread_tiny, verifier_prompt):
+    """evaluate.prefetch prepares the next batch in a thread: same batches, same order, same scores."""
+    from maskgate.model.scoring import batches
+
+    model, processor = spread_tiny
+    examples = [Example(noise_image(32, seed=i), f"thing {i}") for i in range(7)]
+    plain = score(model, processor, verifier_prompt, examples, 10_000, batch_size=2)
+    ahead = score(model, processor, verifier_prompt, examples, 10_000, batch_size=2, prefetch=True)
+    assert (plain == ahead).all() and len(set(plain.tolist())) == 7
+    sizes = [len(b["input_ids"]) for b in batches(processor, verifier_prompt, examples, 10_000, 3, prefetch=True)]
+    assert sizes == [3, 3, 1]

@@ -77,22 +77,23 @@ def test_compile_is_a_noop_that_says_why_off_cuda(tiny_qwen3vl_dir):
     from maskgate.model import qwen as M
     said = []
     model, _ = M.load(tiny_qwen3vl_dir)
-    scoring = speedups.Scoring(batch_size=2, workers=0, merge_adapter=False, compile=True)
+    scoring = speedups.Scoring(batch_size=2, workers=0, prefetch=False, merge_adapter=False, compile=True, batched_vision=False, compile_vision=False)
     out = speedups.for_scoring(model, scoring, "test", print_fn=said.append)
     assert out is model and not out.training
-    assert any("compile requested but device cpu is not a CUDA GPU" in s for s in said)
+    assert any("compiling the decoder layers requested but device cpu is not a CUDA GPU" in s for s in said)
 
 
 def test_scoring_settings_are_the_evaluate_section(params):
     from maskgate import config
 
-    params["evaluate"].update(batch_size=4, workers=2, merge_adapter=False, compile=True)
+    params["evaluate"].update(batch_size=4, workers=2, prefetch=False, merge_adapter=False, compile=True,
+                              batched_vision=True, compile_vision=False)
     scoring = speedups.Scoring.of(config.from_dict(params).evaluate)
-    assert scoring == speedups.Scoring(batch_size=4, workers=2, merge_adapter=False, compile=True)
+    assert scoring == speedups.Scoring(batch_size=4, workers=2, prefetch=False, merge_adapter=False, compile=True, batched_vision=True, compile_vision=False)
     params["evaluate"]["workers"] = -1
     with pytest.raises(config.ParamsError, match="evaluate.workers"):
         config.from_dict(params)
-    with pytest.raises(ValueError, match="recorded scoring settings"):  # no defaults in code: all four keys
+    with pytest.raises(ValueError, match="recorded scoring settings"):  # no defaults in code: all seven keys
         speedups.Scoring.from_dict({"batch_size": 4, "workers": 0}, "test")
 
 
@@ -116,7 +117,7 @@ def test_merged_adapter_and_workers_keep_p_accept(tiny_qwen3vl_dir, verifier_pro
     p0 = score(model, processor, verifier_prompt, examples, 256, batch_size=2)
     p1 = score(model, processor, verifier_prompt, examples, 256, batch_size=2, workers=2)
     np.testing.assert_array_equal(p0, p1)
-    merged = speedups.for_scoring(model, speedups.Scoring(batch_size=2, workers=0, merge_adapter=True, compile=False),
+    merged = speedups.for_scoring(model, speedups.Scoring(batch_size=2, workers=0, prefetch=False, merge_adapter=True, compile=False, batched_vision=False, compile_vision=False),
                                   "test", print_fn=lambda s: None)
     assert not hasattr(merged, "peft_config")
     np.testing.assert_allclose(score(merged, processor, verifier_prompt, examples, 256, batch_size=2), p0, atol=1e-5)
@@ -139,7 +140,7 @@ def test_throughput_bench_smoke(tmp_path):
     assert train["mfu"] > 0 and train["hfu"] > train["mfu"]  # checkpointing recomputes
     ref, fast = (json.loads((out / f"{n}.json").read_text()) for n in ("ref-score-b32", "score-w4-merge-b32"))
     # the same adapter (B drawn non-zero) merged, batches from 2 worker processes: P(ACCEPT) equal to fp32 rounding
-    assert fast["status"] == "ok" and fast["settings"] == {"workers": 2, "merge_adapter": True, "compile": False}
+    assert fast["status"] == "ok" and fast["settings"] == {"workers": 2, "prefetch": False, "merge_adapter": True, "compile": False, "batched_vision": False, "compile_vision": False}
     assert len(ref["p_accept"]) == len(fast["p_accept"]) == 4 and fast["max_dp_vs_ref"] < 1e-4
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert {x["name"]: x["status"] for x in lines}["ref-unsloth4-b32"].startswith("skipped")

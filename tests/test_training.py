@@ -207,3 +207,102 @@ def test_checkpoints_of_other_settings_are_not_resumed(tmp_path):
     (tmp_path / "checkpoint-5" / "trainer_state.json").write_text('{"global_step": 5}')
     (tmp_path / "checkpoint-5" / "adapter_model.safetensors").write_bytes(b"")
     assert checkpoints.prepare_checkpoints(tmp_path, params={"lr": 1}).endswith("checkpoint-5")  # same stamp: resume
+
+
+def test_batched_vision_trains_bitwise_like_the_library_path(straight, rendered, tmp_path):
+    """train.batched_vision changes speed only: the same losses and the same adapter, to the bit."""
+    import torch
+
+    reference_folder, reference = straight
+    assert tiny_params()["train"]["batched_vision"] is True  # the straight run took the batched path
+    plain = run(tiny_params(batched_vision=False), rendered, tmp_path)
+    assert plain["train_loss"] == reference["train_loss"]
+    loss = "live/plots/metrics/train/loss.tsv"
+    assert (tmp_path / loss).read_text() == (reference_folder / loss).read_text()
+    ours, theirs = adapter_weights(tmp_path), adapter_weights(reference_folder)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_micro_batch_auto_without_a_gpu(rendered, tmp_path, capsys):
+    """auto on a CPU: autobatch.CPU_BATCH (or the largest divisor of the batch under it), said, and recorded."""
+    summary = run(tiny_params(batch_size=6, micro_batch_size="auto"), rendered, tmp_path)
+    assert summary["batch"] == {"effective": 6, "micro": 3, "accumulation": 2, "world": 1}
+    assert "batch size auto on a CPU: 3" in capsys.readouterr().out
+
+
+# Reads one split in a fresh process whose Hugging Face caches point into a temporary folder, and prints a
+# digest of what training sees: every row in order (overlay included), the eval subset train() draws
+# (shuffle + select), a column read and a batch read by index (what the Trainer's DataLoader asks).
+READ_SPLIT = r"""
+import hashlib, json, sys
+from pathlib import Path
+rendered, split, how = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+if how == "load_dataset":  # the reader train used before: datasets' parquet builder
+    from datasets import load_dataset
+    from maskgate.model.train import KEEP_COLUMNS
+    files = sorted(str(p) for p in rendered.glob(f"{split}-*.parquet"))
+    ds = load_dataset("parquet", data_files={split: files}, split=split).select_columns(KEEP_COLUMNS)
+else:
+    from maskgate import config
+    from maskgate.model.train import check_prompt, load_split
+    ds = load_split(rendered, split)
+    check_prompt(ds, config.load(sys.argv[4]).prompt, split)
+def digest(rows):
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps({k: (v.hex() if isinstance(v, bytes) else v) for k, v in r.items()}, sort_keys=True).encode())
+    return h.hexdigest()
+sub = ds.shuffle(seed=0).select(range(min(5, len(ds))))
+batch = ds[[len(ds) - 1, 0, len(ds) // 2]]
+print(json.dumps({"n": len(ds), "keys": list(ds[0]), "all": digest(ds), "eval_subset": digest(sub),
+                  "labels": list(ds.select_columns(["label"])["label"]), "batch": digest([dict(zip(batch, v)) for v in zip(*batch.values())])}))
+"""
+
+
+def read_split(rendered: Path, split: str, how: str, cache: Path, params: Path) -> dict:
+    env = dict(os.environ, HF_HOME=str(cache / "hf"), HF_DATASETS_CACHE=str(cache / "datasets"),
+               PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    p = subprocess.run([sys.executable, "-c", READ_SPLIT, str(rendered), split, how, str(params)], env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def test_load_split_reads_shards_in_place_with_the_rows_load_dataset_gave(rendered, tmp_path):
+    """Train reads the shards where they lie: no Arrow copy in the datasets cache (or anywhere), and the same
+    rows in the same order, the same shuffled eval subset and the same batch reads as datasets' parquet builder."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params()))
+    before = {p: p.stat().st_mtime_ns for p in files_under(rendered)}
+    for split in ("train", "val"):
+        new = read_split(rendered, split, "in_place", tmp_path / f"cache-new-{split}", params)
+        assert files_under(tmp_path / f"cache-new-{split}") == []  # nothing written in any HF cache
+        old = read_split(rendered, split, "load_dataset", tmp_path / f"cache-old-{split}", params)
+        # the check above sees a copy when there is one: the old reader leaves its Arrow files there
+        assert any(p.suffix == ".arrow" for p in files_under(tmp_path / f"cache-old-{split}"))
+        assert new == old and new["n"] > 0 and new["keys"] == training.KEEP_COLUMNS
+    assert {p: p.stat().st_mtime_ns for p in files_under(rendered)} == before  # nothing written beside the shards
+
+
+def test_row_groups_take_any_order_across_files(tmp_path):
+    import pyarrow as pa
+
+    from maskgate.utils import tables
+
+    schema = pa.schema([("i", pa.int32()), ("s", pa.string())])
+    paths = tables.write_shards(({"i": i, "s": f"r{i}"} for i in range(23)), tmp_path, "x", schema, 10)
+    w = tables.ShardWriter(tmp_path, "y", schema, 10, row_group=3)  # several row groups per file
+    for i in range(23):
+        w.add({"i": i, "s": f"r{i}"})
+    for files in (paths, w.close()):
+        rows = tables.RowGroups(files)
+        assert len(rows) == 23
+        order = [22, 0, 9, 10, 3, 3, 17]
+        assert rows.take(order, ["s"]).column("s").to_pylist() == [f"r{i}" for i in order]
+        assert rows.read(["i"]).column("i").to_pylist() == list(range(23))
+        with pytest.raises(IndexError):
+            rows.take([23], ["i"])

@@ -113,7 +113,7 @@ def example(row: dict, c: Candidate, kind: str, index: int) -> dict:
 
 
 def negatives_for_row(row: dict, pool: dict[str, list[Candidate]], images: list[str], cfg: Negatives,
-                      seed: int, counts: Counter) -> list[dict]:
+                      seed: int, counts: Counter, position: dict[str, int] | None = None) -> list[dict]:
     """The positive example of `row` followed by its negatives: hard, easy, then the instance kinds."""
     rng = row_rng(seed, row["row_id"])
     k, max_iou = cfg.per_positive, cfg.max_iou
@@ -140,12 +140,16 @@ def negatives_for_row(row: dict, pool: dict[str, list[Candidate]], images: list[
         accept(same_image[i], "hard")
     counts["filled_with_easy"] += want_hard - len(chosen)
 
-    others = [img for img in images if img != row["image"]]
+    # The j-th of the other images, without building their list per row (that made a split quadratic in
+    # its images: 22k images x 100k rows at MaskGroups-HQ scale); the same draws as indexing that list.
+    own = (position or {img: i for i, img in enumerate(images)}).get(row["image"])
+    n_others = len(images) - (own is not None)
     used: set[tuple[str, int]] = set()
     for _ in range((k - len(chosen)) * EASY_TRIES):
-        if len(chosen) == k or not others:
+        if len(chosen) == k or not n_others:
             break
-        img = others[int(rng.integers(len(others)))]
+        j = int(rng.integers(n_others))
+        img = images[j + 1 if own is not None and j >= own else j]
         c = pool[img][int(rng.integers(len(pool[img])))]
         if (c.row_id, c.group) in used:
             continue
@@ -200,8 +204,9 @@ def make_examples(rows: list[dict], cfg: Negatives, seed: int, progress=None) ->
     images = sorted(pool)
     counts: Counter = Counter()
     out = []
+    position = {img: i for i, img in enumerate(images)}
     for row in rows:
-        out += negatives_for_row(row, pool, images, cfg, seed, counts)
+        out += negatives_for_row(row, pool, images, cfg, seed, counts, position)
         if progress is not None:
             progress.update(1)
     return out, counts

@@ -135,7 +135,7 @@ def load_model(cfg: Train, preset: str, seed: int, backend: str, base: Base, dev
             **({"modules_to_save": list(lora.modules_to_save)} if lora.modules_to_save else {}),
         )
         FastVisionModel.for_training(model)
-        return model, M.set_image_bounds(processor)
+        return batched_vision(model, cfg), M.set_image_bounds(processor)
 
     from peft import get_peft_model
 
@@ -145,7 +145,16 @@ def load_model(cfg: Train, preset: str, seed: int, backend: str, base: Base, dev
     model = get_peft_model(model, lora_config(lora))
     if gradient_checkpointing(cfg, preset):
         model.enable_input_require_grads()
-    return model, processor
+    return batched_vision(model, cfg), processor
+
+
+def batched_vision(model, cfg: Train):
+    """train.batched_vision: the frozen vision tower's attention batched over images (maskgate/model/vision.py)."""
+    if cfg.batched_vision:
+        from maskgate.model.vision import batch_vision_attention
+
+        batch_vision_attention(model, "train")
+    return model
 
 
 def gradient_checkpointing(cfg: Train, preset: str) -> bool:

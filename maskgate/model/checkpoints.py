@@ -15,13 +15,15 @@ import json
 import shutil
 from pathlib import Path
 
+from maskgate.utils import tables
+
 
 # Settings that do not change the weights a run ends with: changing them keeps the checkpoints.
 # `gpus` too: the effective batch and the examples of each optimizer step are the same on any GPU count
 # (accelerate deals batch i to rank i mod N), so a run may resume on another count; only the dropout
 # masks differ (each rank has its own RNG state, restored when the count is the same).
 NOT_IN_FINGERPRINT = {"save_steps", "keep_checkpoints", "eval_steps", "eval_examples", "logging_steps",
-                      "dataloader_workers", "cpu_threads", "gpus"}
+                      "dataloader_workers", "cpu_threads", "gpus", "batched_vision"}  # batched_vision: bitwise the same
 
 
 def fingerprint(job, rendered: Path, backend: str) -> dict:
@@ -44,7 +46,10 @@ def prepare_checkpoints(checkpoints: Path, print_fn=print, **fingerprint_) -> st
             print_fn(f"train: {checkpoints} holds checkpoints of other settings or data; starting afresh")
             shutil.rmtree(checkpoints)
     checkpoints.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(fingerprint_, indent=1, sort_keys=True) + "\n")
+    # A new file renamed over the old, never a write into it: with DVC's hardlink or symlink cache
+    # (.dvc/config) this persist output's files are the cache's own, and root ignores their read-only mode.
+    with tables.atomic_file(stamp) as tmp:
+        tmp.write_text(json.dumps(fingerprint_, indent=1, sort_keys=True) + "\n")
     return last_complete_checkpoint(checkpoints, print_fn)
 
 

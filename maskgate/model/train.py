@@ -71,25 +71,76 @@ def gradient_accumulation(batch_size: int, micro_batch_size: int, world: int = 1
     return batch_size // per_step
 
 
+def eval_every(cfg: Train, examples: int, micro: int, world: int) -> int:
+    """Optimizer steps between eval points: train.eval_steps, or 0 = once, at the end."""
+    accum = gradient_accumulation(cfg.batch_size, micro, world)
+    steps_per_epoch = max(1, math.ceil(examples / (micro * world)) // accum)
+    return cfg.eval_steps if cfg.eval_steps > 0 else steps_per_epoch * cfg.epochs
+
+
+def set_micro_batch(args, cfg: Train, micro: int, examples: int, world: int) -> int:
+    """The Trainer's settings for micro-batch `micro` (auto's answer, known once the model is loaded); the accumulation.
+
+    The arguments are made before the model loads (their main_process_first orders the processes that load
+    it), so auto's micro-batch is set on them afterwards, before the Trainer reads them.
+    """
+    accum = gradient_accumulation(cfg.batch_size, micro, world)
+    args.per_device_train_batch_size = args.per_device_eval_batch_size = micro
+    args.gradient_accumulation_steps = accum
+    args.eval_steps = eval_every(cfg, examples, micro, world)
+    return accum
+
+
 # ----------------------------------------------------------------------------------------------
 # data
 
 
 KEEP_COLUMNS = ["example_id", "query", "label", "label_text", "system", "user", "overlay"]
+ROW = "shard_row"  # a split's hidden column: the row's position in its shards, through which the overlay is read
+
+
+class WithOverlay:
+    """The dataset's format transform: each batch of rows gets its overlays, read from the shards by `ROW`.
+
+    A batch without the `ROW` column (columns selected without it, e.g. by check_prompt) is returned as it
+    is, so reading the text columns never touches the overlays."""
+
+    def __init__(self, shards):
+        self.shards = shards
+
+    def __call__(self, batch: dict) -> dict:
+        if ROW not in batch:
+            return batch
+        rows = batch.pop(ROW)
+        batch["overlay"] = self.shards.take(rows, ["overlay"]).column("overlay").to_pylist()
+        return batch
 
 
 def load_split(rendered: Path, split: str):
-    """The render stage's `{split}-*.parquet` shards as a `datasets.Dataset` (only the columns used)."""
-    from datasets import load_dataset
+    """The render stage's `{split}-*.parquet` shards as a `datasets.Dataset` of KEEP_COLUMNS, read in place.
+
+    No copy is written anywhere (`datasets.load_dataset("parquet")` would write an Arrow copy of the
+    overlays into the datasets cache for every re-render and every queued experiment, the size of the
+    shards each time: tables.RowGroups). The small columns are held in memory (a few hundred bytes a
+    row); the overlays are read from the shards, one row group per lookup, when a row is taken. Rows
+    come in shard order, so `shuffle(seed=...)`, `select` and the Trainer's sampler see what
+    `load_dataset` gave (tests/test_training.py compares both).
+    """
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
 
     from maskgate.utils import tables
 
-    files = sorted(str(p) for p in Path(rendered).glob(f"{split}-*.parquet"))
+    files = sorted(Path(rendered).glob(f"{split}-*.parquet"))
     if not files:
         raise FileNotFoundError(f"no {split}-*.parquet shards in {rendered}; run the render stage first")
-    for f in files:  # a shard cut short: an error naming it, not one from deep inside datasets
-        tables.open_parquet(f)
-    return load_dataset("parquet", data_files={split: files}, split=split).select_columns(KEEP_COLUMNS)
+    shards = tables.RowGroups(files)  # opens each file: a shard cut short is an error naming it
+    small = shards.read([c for c in KEEP_COLUMNS if c != "overlay"])
+    small = small.append_column(ROW, pa.array(range(len(shards)), pa.int64()))
+    ds = Dataset(InMemoryTable(small))
+    ds.set_transform(WithOverlay(shards))
+    return ds
 
 
 def check_prompt(dataset, prompt, split: str) -> None:
@@ -233,7 +284,9 @@ def train(
     out_dir, checkpoints, live_dir = Path(out_dir), Path(checkpoints), Path(live_dir)
     prompt, seed, preset = job.prompt, job.seed, job.model.preset
     world = world_size()
-    accum = gradient_accumulation(cfg.batch_size, cfg.micro_batch_size, world)
+    # auto: 1 until the model is loaded and the largest micro-batch that fits is known (set_micro_batch)
+    micro = 1 if cfg.micro_batch_size == "auto" else cfg.micro_batch_size
+    accum = gradient_accumulation(cfg.batch_size, micro, world)
     seq_len = job.max_length
 
     cuda = torch.cuda.is_available()
@@ -244,14 +297,12 @@ def train(
     check_prompt(val_ds, prompt, "val")
     n_eval = min(cfg.eval_examples, len(val_ds))
     eval_ds = val_ds.shuffle(seed=seed).select(range(n_eval)) if n_eval else None
-    auroc_rows = eval_ds.select_columns(["example_id", "query", "label", "label_text", "overlay"]) if n_eval else None
+    auroc_rows = eval_ds.select_columns(["example_id", "query", "label", "label_text", ROW]) if n_eval else None
 
-    steps_per_epoch = max(1, math.ceil(len(train_ds) / (cfg.micro_batch_size * world)) // accum)
-    eval_steps = cfg.eval_steps
     args = SFTConfig(
         output_dir=str(checkpoints),
-        per_device_train_batch_size=cfg.micro_batch_size,
-        per_device_eval_batch_size=cfg.micro_batch_size,
+        per_device_train_batch_size=micro,
+        per_device_eval_batch_size=micro,
         gradient_accumulation_steps=accum,
         num_train_epochs=cfg.epochs,
         learning_rate=job.lr,
@@ -275,7 +326,7 @@ def train(
         save_steps=cfg.save_steps,
         save_total_limit=cfg.keep_checkpoints,
         eval_strategy="steps" if n_eval else "no",
-        eval_steps=eval_steps if eval_steps > 0 else steps_per_epoch * cfg.epochs,
+        eval_steps=eval_every(cfg, len(train_ds), micro, world),
         report_to="none",
         dataloader_num_workers=cfg.dataloader_workers,
         dataloader_pin_memory=cuda,
@@ -304,6 +355,15 @@ def train(
         check_lengths(hub_processor, prompt, {"train": train_ds, "val": val_ds}, seq_len,
                       M.image_token_count(job.image_size))
         model, processor = load_model(cfg, preset, seed, backend, base, device)
+    if cfg.micro_batch_size == "auto":
+        from maskgate.model.autobatch import training_micro_batch
+
+        micro = training_micro_batch(
+            model, processor, prompt, job.image_size, seq_len, cfg.batch_size // world,
+            {"backend": backend, "base": base.record(), "lora": cfg.lora, "load_in_4bit": cfg.load_in_4bit,
+             "gradient_checkpointing": gradient_checkpointing(cfg, preset), "batched_vision": cfg.batched_vision},
+            "train", print_fn=print if main else (lambda *_: None))
+        accum = set_micro_batch(args, cfg, micro, len(train_ds), world)
     tokens = M.prompt_tokens(processor, prompt)
     if tokens != M.prompt_tokens(hub_processor, prompt):
         raise ValueError(f"the {backend} backend's tokenizer gives another prompt than the one {base.src} ships: "
@@ -354,7 +414,7 @@ def train(
         "prompt_tokens": tokens,
         "adapter": str(adapter),
         "examples": {"train": len(train_ds), "val": len(val_ds), "eval_subset": n_eval},
-        "batch": {"effective": cfg.batch_size, "micro": cfg.micro_batch_size, "accumulation": accum, "world": world},
+        "batch": {"effective": cfg.batch_size, "micro": micro, "accumulation": accum, "world": world},
         "max_length": seq_len,
         "global_step": int(trainer.state.global_step),
         "max_steps": int(trainer.state.max_steps),

@@ -72,6 +72,10 @@ def render_split(prepared: Path, examples: list[dict], split: str, out: Path, st
                 for e, jpeg in zip(by_image[b["image"]], overlays):
                     writer.add({**e, "system": prompt.system, "user": prompt.user_text(e["query"]),
                                 "label_text": prompt.label_text(e["label"]), "overlay": jpeg})
+                # One row group per image: the same picture recurs among an image's examples (one row's
+                # right group is another's hard negative), and parquet's dictionary encoding stores it once
+                # per row group; a small row group is also what train reads to fetch one overlay.
+                writer.end_group()
                 bar.update(len(overlays))
     missing = sorted(set(by_image) - done)
     if missing:  # an example without its image would silently drop out of the shards

@@ -1,4 +1,4 @@
-"""Parquet tables and shards written atomically, read back with `datasets` or pyarrow.
+"""Parquet tables and shards written atomically, read back in place with pyarrow.
 
 Stage outputs are folders of a few large parquet files (DVC slows badly on many small files).
 A folder is built under a temporary name and renamed into place at the end, so an interrupted
@@ -66,10 +66,12 @@ def write_table(records: list[dict], path: Path, schema: pa.Schema) -> None:
 
 
 class ShardWriter:
-    """Writes records into `{prefix}-00000.parquet`, `-00001`, ... of `shard_size` records each."""
+    """Writes records into `{prefix}-00000.parquet`, `-00001`, ... of `shard_size` records each,
+    in row groups of `row_group` records (the unit `RowGroups` reads for one row)."""
 
-    def __init__(self, folder: Path, prefix: str, schema: pa.Schema, shard_size: int):
+    def __init__(self, folder: Path, prefix: str, schema: pa.Schema, shard_size: int, row_group: int = ROW_GROUP):
         self.folder, self.prefix, self.schema, self.shard_size = Path(folder), prefix, schema, shard_size
+        self.row_group = row_group
         self.index, self.in_shard, self.writer, self.buffer, self.paths = 0, 0, None, [], []
 
     def add(self, record: dict) -> None:
@@ -79,10 +81,15 @@ class ShardWriter:
             self.paths.append(path)
         self.buffer.append(record)
         self.in_shard += 1
-        if len(self.buffer) >= ROW_GROUP:
+        if len(self.buffer) >= self.row_group:
             self._flush()
         if self.in_shard >= self.shard_size:
             self._close_shard()
+
+    def end_group(self) -> None:
+        """End the current row group here (render: after each image's examples; see shards.py)."""
+        if self.writer is not None:
+            self._flush()
 
     def _flush(self) -> None:
         if self.buffer:
@@ -129,3 +136,67 @@ def iter_shards(folder: Path, prefix: str, columns: list[str] | None = None) -> 
         f = open_parquet(path)
         for i in range(f.num_row_groups):
             yield from f.read_row_group(i, columns=columns).to_pylist()
+
+
+class RowGroups:
+    """Rows of parquet files by position (the files' rows one after another), read in place.
+
+    Why not `datasets.load_dataset("parquet")`: it writes an Arrow copy of every file into its cache,
+    keyed by path and modification time, so each re-render and each queued experiment adds another
+    full copy of the overlays (tens of GB at MaskGroups-HQ scale). Here nothing is written: a lookup
+    reads the row group that holds the row, with only the columns asked for. The files are opened
+    lazily in each process (DataLoader workers fork), so the object pickles as its paths and offsets.
+    """
+
+    def __init__(self, paths: Iterable[Path]):
+        self.paths = [Path(p) for p in paths]
+        starts, groups = [0], []
+        for fi, path in enumerate(self.paths):
+            meta = open_parquet(path).metadata
+            for g in range(meta.num_row_groups):
+                groups.append((fi, g))
+                starts.append(starts[-1] + meta.row_group(g).num_rows)
+        self.groups, self.starts = groups, starts  # row group k holds rows starts[k] .. starts[k+1]-1
+        self._files: dict[int, pq.ParquetFile] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_files": {}}
+
+    def _file(self, fi: int) -> pq.ParquetFile:
+        if self._pid != os.getpid():  # a forked worker: its own file handles
+            self._files, self._pid = {}, os.getpid()
+        if fi not in self._files:
+            self._files[fi] = open_parquet(self.paths[fi])
+        return self._files[fi]
+
+    def take(self, indices: Iterable[int], columns: list[str]) -> pa.Table:
+        """The rows at `indices`, in that order; each row group touched is read once."""
+        import bisect
+
+        indices = [int(i) for i in indices]
+        wanted: dict[int, list[tuple[int, int]]] = {}  # row group -> [(position in the answer, row in the group)]
+        for pos, i in enumerate(indices):
+            if not 0 <= i < len(self):
+                raise IndexError(f"row {i} of {len(self)}")
+            k = bisect.bisect_right(self.starts, i) - 1
+            wanted.setdefault(k, []).append((pos, i - self.starts[k]))
+        pieces, order = [], []
+        for k, rows in wanted.items():
+            fi, g = self.groups[k]
+            pieces.append(self._file(fi).read_row_group(g, columns=columns).take([r for _, r in rows]))
+            order += [pos for pos, _ in rows]
+        if not pieces:  # no index asked for: an empty table of the columns
+            return self._file(0).schema_arrow.empty_table().select(columns)
+        table = pa.concat_tables(pieces)
+        back = [0] * len(order)  # answer position -> row of `table`
+        for j, pos in enumerate(order):
+            back[pos] = j
+        return table.take(back)
+
+    def read(self, columns: list[str]) -> pa.Table:
+        """Whole columns of every file, in order (the small ones: a table of them fits in memory)."""
+        return pa.concat_tables([self._file(fi).read(columns=columns) for fi in range(len(self.paths))])

@@ -1,0 +1,181 @@
+"""The data stages at MaskGroups-HQ scale: time, rows/s, peak memory and disk of prepare, negatives and render.
+
+Makes a local source (data.source: local) of --rows rows in the hub's row format (MaskGroups-HQ has
+about 100k): copies of the real rows of samples/coco-groups, each copy under its own image names
+(hardlinks to the sample photos, so the set costs no disk), which keeps the samples' rows per image and
+groups per row. Then runs the stage scripts one after another as subprocesses, with params.yaml's
+settings and that source, and prints per stage: wall time, rows/s, peak RSS (the stage's process tree,
+polled), bytes written, and the bytes in the library caches (HF_HOME / HF_DATASETS_CACHE pointed into the
+work folder). Last, train's data path (maskgate.model.train.load_split over the train shards, plus 200
+overlays read at random) and the caches again: train reads the shards in place, so they stay empty.
+No DVC here: the DVC cache's links are tests/test_pipeline_dvc.py's (.dvc/config: hardlink, no copy).
+
+    python bench/scale.py --rows 10000 --work /tmp/scale       # add -S render.workers=1 to compare
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples" / "coco-groups"
+
+
+def make_source(folder: Path, rows: int) -> dict:
+    """`rows` rows in MaskGroups row format under folder/ (rows.jsonl + images/); copies of the samples."""
+    sample = [json.loads(line) for line in (SAMPLES / "maskgroups.jsonl").read_text().splitlines() if line.strip()]
+    images = sorted({r["image"] for r in sample})
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "images").mkdir(parents=True)
+    written, copy, names = 0, 0, set()
+    with (folder / "rows.jsonl").open("w") as f:
+        while written < rows:
+            sub = folder / "images" / f"c{copy:05d}"
+            sub.mkdir()
+            for name in images:  # a hardlink: the photo's bytes once on disk, whatever the copies
+                try:
+                    os.link(SAMPLES / "images" / name, sub / name)
+                except OSError:
+                    shutil.copyfile(SAMPLES / "images" / name, sub / name)
+            for r in sample:
+                if written == rows:
+                    break
+                image = f"c{copy:05d}/{r['image']}"
+                names.add(image)
+                f.write(json.dumps({**r, "id": f"c{copy:05d}-{r['id']}", "image": image}) + "\n")
+                written += 1
+            copy += 1
+    return {"rows": written, "images": len(names)}
+
+
+def du(path: Path) -> int:
+    """Bytes of the distinct files under path (hardlinks once)."""
+    if not path.exists():
+        return 0
+    seen = {}
+    for p in path.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            st = p.stat()
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
+
+
+def run_measured(cmd: list[str], env: dict, log: Path) -> tuple[float, int, int]:
+    """(wall s, peak RSS of the process tree in bytes, exit code); the tree is polled every 0.1 s."""
+    t = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        ps, peak = psutil.Process(proc.pid), 0
+        while proc.poll() is None:
+            try:
+                tree = [ps] + ps.children(recursive=True)
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+    return time.perf_counter() - t, peak, proc.returncode
+
+
+def gb(n: int) -> str:
+    return f"{n / 1e9:7.3f} GB"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--work", type=Path, required=True, help="a scratch folder (emptied)")
+    ap.add_argument("-S", dest="sets", action="append", default=[], help="section.key=value over params.yaml")
+    ap.add_argument("--stages", default="prepare,negatives,render,train_read")
+    args = ap.parse_args()
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    for old in ("prepared", "negatives", "rendered", "hf", "logs"):
+        shutil.rmtree(work / old, ignore_errors=True)
+    (work / "logs").mkdir()
+    t = time.perf_counter()
+    made = make_source(work / "source", args.rows)
+    print(f"source: {made['rows']} rows on {made['images']} image names ({len(list(SAMPLES.glob('images/*')))} photos "
+          f"reused), {gb(du(work / 'source'))} on disk, made in {time.perf_counter() - t:.1f} s")
+
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["data"].update(source="local", path=str(work / "source"))
+    for s in args.sets:
+        key, value = s.split("=", 1)
+        section, name = key.split(".", 1)
+        p[section][name] = yaml.safe_load(value)
+    params = work / "params.yaml"
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    hf = work / "hf"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HOME=str(hf), HF_DATASETS_CACHE=str(hf / "datasets"),
+               HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+    print(f"params: params.yaml with data.source=local{''.join(' ' + s for s in args.sets)}; "
+          f"render.size {p['render']['size']}, jpeg_quality {p['render']['jpeg_quality']}, workers {p['render']['workers']}; "
+          f"{psutil.cpu_count()} CPUs")
+    stage_cmds = {
+        "prepare": (["stages/prepare.py", "--out", work / "prepared", "--report", work / "prepare.json"], "prepared"),
+        "negatives": (["stages/negatives.py", "--prepared", work / "prepared", "--out", work / "negatives",
+                       "--report", work / "negatives.json"], "negatives"),
+        "render": (["stages/render.py", "--prepared", work / "prepared", "--negatives", work / "negatives",
+                    "--out", work / "rendered", "--report", work / "render.json"], "rendered"),
+        "train_read": (["-c", TRAIN_READ, work / "rendered"], None),
+    }
+    summary = {"rows": made["rows"], "images": made["images"], "stages": {}}
+    print(f"{'stage':<11}{'wall s':>9}{'rows/s':>10}{'peak RSS':>12}{'written':>12}{'HF caches':>12}  counts")
+    for name in args.stages.split(","):
+        argv, out = stage_cmds[name]
+        cmd = [sys.executable] + [str(a) for a in argv] + (["--params", str(params)] if out else [])
+        wall, peak, rc = run_measured(cmd, env, work / "logs" / f"{name}.log")
+        if rc:
+            print(f"{name} failed (exit {rc}); see {work / 'logs' / (name + '.log')}")
+            return 1
+        written = du(work / out) if out else 0
+        report = json.loads((work / f"{name}.json").read_text()) if out else {}
+        counts = {"prepare": lambda r: r.get("kept"), "negatives": lambda r: r.get("examples"),
+                  "render": lambda r: r.get("examples")}.get(name, lambda r: None)(report)
+        if name == "train_read":
+            counts = (work / "logs" / f"{name}.log").read_text().strip().splitlines()[-1]
+        caches = du(hf)
+        summary["stages"][name] = {"wall_s": round(wall, 1), "rows_per_s": round(made["rows"] / wall, 1),
+                                   "peak_rss": peak, "written": written, "hf_caches": caches, "counts": counts}
+        print(f"{name:<11}{wall:9.1f}{made['rows'] / wall:10.1f}{peak / 2**20:9.0f} MiB{written / 1e9:9.3f} GB"
+              f"{caches / 1e6:9.1f} MB  {counts}")
+    if (work / "rendered").exists():
+        n = sum(v for v in json.loads((work / "render.json").read_text())["examples"].values())
+        size = du(work / "rendered")
+        summary["bytes_per_overlay"] = size / n
+        print(f"rendered: {n} overlays, {size / n / 1e3:.1f} kB per overlay on disk (shards / overlays); "
+              f"inputs (source) {gb(du(work / 'source'))}, prepared {gb(du(work / 'prepared'))}, "
+              f"negatives {gb(du(work / 'negatives'))}, rendered {gb(size)}")
+    (work / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    return 0
+
+
+# train's data path in its own process: the train split as the train stage reads it, every text row
+# checked as check_prompt does, 200 overlays taken at random as the Trainer's sampler would.
+TRAIN_READ = r"""
+import random, sys, time
+from pathlib import Path
+from maskgate.model.train import load_split
+t = time.perf_counter()
+ds = load_split(Path(sys.argv[1]), "train")
+n = sum(1 for _ in ds.select_columns(["example_id", "query", "label"]))
+t1 = time.perf_counter()
+idx = random.Random(0).sample(range(len(ds)), min(200, len(ds)))
+for i in idx:
+    ds[i]["overlay"]
+t2 = time.perf_counter()
+print(f"{len(ds)} train rows opened and text read in {t1 - t:.1f} s; one overlay at random {(t2 - t1) / len(idx) * 1e3:.1f} ms")
+"""
+
+if __name__ == "__main__":
+    sys.exit(main())
