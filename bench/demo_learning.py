@@ -88,7 +88,7 @@ def build_data(p: config.Params, work: Path, small_shapes: bool = False) -> tupl
         return folder / "rendered", 0.0
     started = time.time()
     shutil.rmtree(folder, ignore_errors=True)
-    prepare.prepare(p.data, p.prepare, p.seed, folder / "prepared")
+    prepare.prepare(p.data, p.prepare, p.seed, folder / "prepared", p.limits)
     negatives.build(folder / "prepared", folder / "negatives", p.negatives, p.seed)
     shards.render(folder / "prepared", folder / "negatives", folder / "rendered", p.render, p.prompt)
     return folder / "rendered", time.time() - started

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def jobs_from(data: Path, cfg: config.Negatives, style: Style) -> list[tuple]:
     source = sources.load_local(data)
     store = source.images
-    rows, _, _ = validate_all(source.rows["train"], store, "rescale")
+    rows, _, _ = validate_all(source.rows["train"], store, "rescale", config.GATE_LIMITS)
     rows = [{"row_id": r.row_id, "image": r.image, "query": r.query, "height": r.height, "width": r.width,
              "groups": r.groups} for r in rows]
     examples, _ = negatives.make_examples(rows, cfg, seed=0)

@@ -185,7 +185,7 @@ def make_rows(args, params: dict, work: Path) -> tuple[list[dict], dict]:
     s = settings(params)
     data = work / f"data-{args.size}px-{args.demo_images}"
     if not (data / "rendered").is_dir():
-        prepare.prepare(s.data, s.prepare, s.seed, data / "prepared")
+        prepare.prepare(s.data, s.prepare, s.seed, data / "prepared", s.limits)
         negatives.build(data / "prepared", data / "negatives", s.negatives, s.seed)
         shards.render(data / "prepared", data / "negatives", data / "rendered", s.render, s.prompt)
     rows = list(tables.iter_shards(data / "rendered", "train"))

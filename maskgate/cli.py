@@ -111,27 +111,28 @@ def cmd_verify(args) -> int:
             print(line, file=sys.stderr)
 
     try:
+        limits, limits_from = limits_of(args.params)
         built = None
         if args.coco_results is not None:
             built = interchange.from_coco_results(args.coco_results, args.coco_images, args.images_dir, args.queries,
-                                                  args.query_per, args.score_floor)
+                                                  args.query_per, args.score_floor, limits)
         elif args.mask_folder is not None:
-            built = interchange.from_mask_folder(args.mask_folder, args.images_dir, args.score_floor)
+            built = interchange.from_mask_folder(args.mask_folder, args.images_dir, args.score_floor, limits)
         if built is not None:
             status(f"verify: {describe_input(built.info)}")
         scoring, settings_from = scoring_settings(args.params, args.operating_point)
         if args.batch_size:
             scoring = dataclasses.replace(scoring, batch_size=args.batch_size)
-        status(f"verify: scoring settings from {settings_from}")
+        status(f"verify: scoring settings from {settings_from}; limits from {limits_from}")
         threshold, source = gate.threshold_from(args.operating_point, args.threshold)
         if args.quiet:
             quiet_libraries()
         g = gate.Gate(args.model, args.device, scoring, print_fn=status)
         if single:
-            return verify_one(g, args, threshold)
+            return verify_one(g, args, threshold, limits)
         manifest = args.manifest if built is None else args.out / gate.CANDIDATES
         s = gate.run(manifest, args.out, g, threshold, source, g.batch_size, args.fresh, progress=not args.quiet,
-                     built=built)
+                     built=built, limits=limits)
     except (OSError, ValueError) as e:  # OSError: no model, manifest or operating point; unsafe weights
         print(f"verify: {e}", file=sys.stderr)  # ValueError includes interchange.InputError
         return EXIT_ERROR if args.exit_code else 1  # with --exit-code, 1 means "needs review" only
@@ -174,7 +175,17 @@ def scoring_settings(params_path, operating_point):
     return PLAIN, "nowhere (no params file, no operating point): the plain forward pass"
 
 
-def verify_one(g, args, threshold: float) -> int:
+def limits_of(params_path):
+    """(config.Limits, where from): the params file's `limits` section when the file exists, else
+    config.GATE_LIMITS (the same values as the project's params.yaml)."""
+    from maskgate import config
+
+    if params_path.is_file():
+        return config.load(params_path).limits, str(params_path)
+    return config.GATE_LIMITS, "nowhere (no params file): the standard limits, those of the project's params.yaml"
+
+
+def verify_one(g, args, threshold: float, limits) -> int:
     """One image + query + masks from the command line: print the result as one JSON line on stdout.
 
     Returns 0 once scored, 1 for a candidate that cannot be read; with --exit-code 0 for ACCEPT and
@@ -187,7 +198,7 @@ def verify_one(g, args, threshold: float) -> int:
     specs = [json.loads(m) if m.lstrip().startswith(("{", "[")) else m for m in args.mask]
     text = json.dumps({"image": str(args.image), "query": args.query, "masks": specs})
     try:
-        ex = g.example(gate.parse_line(1, text, Path.cwd()))
+        ex = g.example(gate.parse_line(1, text, Path.cwd(), limits))
     except gate.BadLine as e:
         print(json.dumps({"error": e.reason, "detail": e.detail, "route": "needs_review"}))
         return EXIT_REVIEW
@@ -277,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     vf.add_argument("--batch-size", type=int, help="candidates per forward pass (default: evaluate.batch_size, else 16)")
     vf.add_argument("--params", type=Path, default=Path("params.yaml"),
                     help="its evaluate section sets the batch size and the speed settings (merge_adapter, "
-                         "compile), so the gate scores as evaluate does; if missing, the settings evaluate recorded "
-                         "in --operating-point are used (default: %(default)s)")
+                         "compile), so the gate scores as evaluate does, and its limits section what one line may "
+                         "ask for (pixels, masks, vertices, bytes); if missing, the settings evaluate recorded "
+                         "in --operating-point and the standard limits are used (default: %(default)s)")
     vf.add_argument("--fresh", action="store_true", help="discard earlier scores in --out and start over")
     vf.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
     vf.add_argument("-q", "--quiet", action="store_true", help="no status lines, no progress bars (errors still on stderr)")

@@ -180,6 +180,38 @@ class Evaluate:
 
 
 @dataclass(config=SECTION)
+class Limits:
+    """Bounds on one input line or row, checked before anything is allocated for it (docs/gate.md, "Limits").
+
+    Read by the gate (`maskgate verify --params`) and by prepare; a line past one is a bad line naming the key.
+    """
+
+    max_line_bytes: Int
+    max_image_pixels: Int
+    max_mask_pixels: Int
+    max_masks_per_group: Int
+    max_polygon_vertices: Int
+    max_polygon_perimeter: Int
+    polygon_margin: Float
+
+    def __post_init__(self):
+        for key in ("max_line_bytes", "max_image_pixels", "max_mask_pixels", "max_masks_per_group",
+                    "max_polygon_vertices", "max_polygon_perimeter"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"limits.{key} must be a positive integer, got {getattr(self, key)}")
+        if self.polygon_margin < 0:
+            raise ValueError(f"limits.polygon_margin must be >= 0, got {self.polygon_margin}")
+
+
+# The gate's limits where no params file is read (`maskgate verify` outside the project, the Python call
+# without `limits`), as speedups.PLAIN stands in for evaluate's settings there. params.yaml's `limits`
+# holds the same values (tests/test_limits.py checks), so a bare run refuses what a project run refuses.
+GATE_LIMITS = Limits(max_line_bytes=16_777_216, max_image_pixels=80_000_000, max_mask_pixels=80_000_000,
+                     max_masks_per_group=1000, max_polygon_vertices=100_000, max_polygon_perimeter=2_000_000,
+                     polygon_margin=1.0)
+
+
+@dataclass(config=SECTION)
 class AuditSample:
     n: Int
 
@@ -197,6 +229,7 @@ class Params:
     train: Train
     evaluate: Evaluate
     audit_sample: AuditSample
+    limits: Limits
 
 
 def from_dict(params: dict, where: str = "params") -> Params:

@@ -23,7 +23,7 @@ Outputs in the out folder:
 * ``auto_pass.jsonl`` / ``needs_review.jsonl``: the manifest lines themselves (with p_accept,
   decision or error added), split by route; bad lines go to needs_review.
 * ``needs_review.coco.json``: the needs-review groups as COCO annotations for review tools
-  (maskgate.interchange.review_coco): one RLE annotation per mask, p_accept among its attributes.
+  (maskgate.interchange.ReviewCoco): one RLE annotation per mask, p_accept among its attributes.
 * ``summary.json``: counts per route and per error reason, the threshold and where it came from.
 * ``review.html`` + ``review/``: the needs-review lines as a page for a person, with the overlay
   each was scored on (maskgate/review.py).
@@ -41,6 +41,7 @@ import hashlib
 import json
 import os
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -48,13 +49,14 @@ from typing import Iterator
 from PIL import Image
 
 from maskgate import interchange, review
+from maskgate.config import GATE_LIMITS, Limits
 from maskgate.data import masks
 from maskgate.data.validation import BadRow, clean_query
 from maskgate.model import speedups
 from maskgate.model.speedups import PLAIN, Scoring
 from maskgate.render.overlay import Style, render_overlay
 from maskgate.utils import tables
-from maskgate.utils.images import decode_image
+from maskgate.utils.images import ImageTooLarge, decode_image
 
 SCORES, RESULTS, AUTO_PASS, NEEDS_REVIEW, SUMMARY = (
     "scores.jsonl", "results.jsonl", "auto_pass.jsonl", "needs_review.jsonl", "summary.json")
@@ -79,35 +81,86 @@ class Candidate:
     group: list[str]
 
 
+class Overlong(str):
+    """A line past limits.max_line_bytes, as read_lines gives it: its first LINE_SHOWN characters only
+    (what the outputs show of it), with the whole line's `size` in bytes and content `key`."""
+    size: int
+    key: str
+
+
 def line_key(text: str) -> str:
     """Names a line's content, so a resumed run notices a manifest edited in between."""
+    if isinstance(text, Overlong):
+        return text.key
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) of every non-blank line; undecodable bytes are kept as escapes."""
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        for number, text in enumerate(f, start=1):
-            text = text.rstrip("\r\n")
-            if text.strip():
-                yield number, text
+def read_lines(path: Path, max_bytes: int | None = None) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of every non-blank line; undecodable bytes are kept as escapes.
+
+    A line longer than `max_bytes` (limits.max_line_bytes) is never read whole: it comes as an
+    Overlong, its head and its size, and parse_line reports it.
+    """
+    with open(path, "rb") as f:
+        number = 0
+        while True:
+            raw = f.readline() if max_bytes is None else f.readline(max_bytes + 2)  # + "\r\n"
+            if not raw:
+                return
+            number += 1
+            body = raw.rstrip(b"\r\n")
+            if raw.endswith(b"\n") or max_bytes is None or len(body) <= max_bytes:
+                text = body.decode("utf-8", "surrogateescape")
+                if text.strip():
+                    yield number, text
+                continue
+            digest, size = hashlib.sha256(body), len(body)  # the rest, in pieces, to the line's end
+            head = body[:4 * review.LINE_SHOWN]
+            while not raw.endswith(b"\n"):
+                raw = f.readline(1 << 20)
+                if not raw:
+                    break
+                piece = raw.rstrip(b"\r\n")
+                digest.update(piece)
+                size += len(piece)
+            line = Overlong(head.decode("utf-8", "surrogateescape")[:review.LINE_SHOWN])
+            line.size, line.key = size, digest.hexdigest()[:16]
+            yield number, line
 
 
-def parse_line(number: int, text: str, base_dir: Path) -> Candidate:
-    """A Candidate, or BadLine naming the first thing wrong with the line."""
+def _text(v, fallback: str) -> str:
+    """str(v), or `fallback` where Python will not (an int past its 4300-digit limit, a list nested too deep)."""
     try:
-        text.encode("utf-8")
+        return str(v)
+    except (ValueError, RecursionError):
+        return fallback
+
+
+def parse_line(number: int, text: str, base_dir: Path, limits: Limits = GATE_LIMITS) -> Candidate:
+    """A Candidate, or BadLine naming the first thing wrong with the line.
+
+    Nothing the line declares is allocated or handed to PIL or pycocotools before it is checked
+    against `limits` (reason `over_limit`, the detail naming the key): the line's bytes before it is
+    parsed, the image's header size before it is decoded, each mask's size, runs and coordinates
+    before it is made (masks.from_spec).
+    """
+    if isinstance(text, Overlong):
+        raise BadLine("over_limit", f"the line is {text.size} bytes > limits.max_line_bytes = {limits.max_line_bytes}")
+    try:
+        size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
         raise BadLine("not_utf8", "the line holds bytes that are not UTF-8") from None
+    if size > limits.max_line_bytes:  # a built line, or one given whole from Python
+        raise BadLine("over_limit", f"the line is {size} bytes > limits.max_line_bytes = {limits.max_line_bytes}")
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadLine("bad_json", str(e)) from None
+    except (ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, an int of over 4300 digits
+        raise BadLine("bad_json", str(e) or type(e).__name__) from None
     if not isinstance(obj, dict):
         raise BadLine("bad_line", "a line must be a JSON object")
     found = obj.get("input_error")
     if isinstance(found, dict):  # what maskgate.interchange found wrong with the segmenter's entry
-        raise BadLine(str(found.get("reason", "bad_entry")), str(found.get("detail", "")))
+        raise BadLine(_text(found.get("reason", "bad_entry"), "bad_entry"), _text(found.get("detail", ""), ""))
     missing = [k for k in ("image", "query", "masks") if k not in obj]
     if missing:
         raise BadLine("bad_line", f"missing {', '.join(missing)}")
@@ -115,29 +168,43 @@ def parse_line(number: int, text: str, base_dir: Path) -> Candidate:
         query = clean_query(obj["query"])
     except BadRow as e:
         raise BadLine(e.reason, e.detail) from None
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError:  # a JSON escape such as \ud800: no text the tokenizer can take
+        raise BadLine("bad_line", "the query holds an unpaired surrogate escape, not text") from None
     if not isinstance(obj["image"], str) or not obj["image"]:
         raise BadLine("bad_line", "image must be a path")
     path = base_dir / obj["image"]
-    if not path.is_file():
-        raise BadLine("missing_image", str(obj["image"]))
     try:
-        img = decode_image(path.read_bytes())
+        found = path.is_file()
+    except (OSError, ValueError) as e:  # a name too long for the file system, a NUL, a lone surrogate
+        raise BadLine("missing_image", f"{obj['image'][:200]}: {type(e).__name__}: {e}"[:500]) from None
+    if not found:
+        raise BadLine("missing_image", obj["image"] if len(obj["image"]) <= 300 else obj["image"][:300] + "...")
+    try:
+        img = decode_image(path, limits.max_image_pixels)  # from the file: only what decoding needs is read
+    except ImageTooLarge as e:
+        raise BadLine("over_limit", f"{obj['image']}: {e}") from None
     except Exception as e:  # PIL raises many types for broken files; all mean "not an image"
         raise BadLine("undecodable_image", f"{obj['image']}: {type(e).__name__}: {e}") from None
     if img.width == 0 or img.height == 0:
         raise BadLine("undecodable_image", f"{obj['image']}: zero size")
     if not isinstance(obj["masks"], list) or not obj["masks"]:
         raise BadLine("empty_group", "masks must be a non-empty list")
+    if len(obj["masks"]) > limits.max_masks_per_group:
+        raise BadLine("over_limit", f"{len(obj['masks'])} masks > limits.max_masks_per_group = "
+                                    f"{limits.max_masks_per_group}")
     group = []
     for i, spec in enumerate(obj["masks"]):
         try:
-            group.append(masks.from_spec(spec, img.height, img.width, base_dir))
+            group.append(masks.from_spec(spec, img.height, img.width, base_dir, limits))
+        except masks.OverLimit as e:
+            raise BadLine("over_limit", f"mask {i}: {e}") from None
         except masks.BadMask as e:
             raise BadLine("bad_mask", f"mask {i}: {e}") from None
-    if not masks.union(masks.decode_group(group, img.height, img.width)).any():
+    if not masks.covers_any(group, img.height, img.width):
         raise BadLine("empty_group", "the masks cover no pixel")
-    ident = obj.get("id", number)
-    return Candidate(number, line_key(text), str(ident), query, img, group)
+    return Candidate(number, line_key(text), _text(obj.get("id", number), str(number)), query, img, group)
 
 
 def overlay(c: Candidate, style: Style) -> bytes:
@@ -212,9 +279,10 @@ class Gate:
                                      self.max_length)]
 
 
-def read_log(path: Path) -> dict[int, dict]:
-    """Records of scores.jsonl by line; a torn last record (killed mid-write) is cut off."""
-    done: dict[int, dict] = {}
+def read_log(path: Path) -> dict[int, str]:
+    """Records of scores.jsonl by line, as their JSON text (a long log's records are parsed only
+    when used); a torn last record (killed mid-write) is cut off."""
+    done: dict[int, str] = {}
     if not path.exists():
         return done
     raw = path.read_bytes()
@@ -223,8 +291,7 @@ def read_log(path: Path) -> dict[int, dict]:
         with open(path, "r+b") as f:
             f.truncate(end)
     for text in raw[:end].decode("utf-8").splitlines():
-        record = json.loads(text)
-        done[record["line"]] = record
+        done[json.loads(text)["line"]] = text
     return done
 
 
@@ -233,9 +300,9 @@ def error_record(number: int, text: str, e: BadLine) -> dict:
     try:
         obj = json.loads(text)
         ident = obj.get("id") if isinstance(obj, dict) else None
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
-    return {"line": number, "key": line_key(text), "id": str(ident if ident is not None else number),
+    return {"line": number, "key": line_key(text), "id": _text(ident, str(number)) if ident is not None else str(number),
             "error": e.reason, "detail": e.detail}
 
 
@@ -248,12 +315,16 @@ def append(log, records: list[dict]) -> None:
 
 def run(manifest: Path, out_dir: Path, gate: Gate, threshold: float, threshold_source: str,
         batch_size: int = 16, fresh: bool = False, progress: bool = True,
-        built: interchange.Built | None = None) -> dict:
+        built: interchange.Built | None = None, limits: Limits = GATE_LIMITS) -> dict:
     """Score every line of `manifest` not yet in `out_dir/scores.jsonl`, then write the routing.
 
     `built`: lines made from a segmenter's output (maskgate.interchange). They are written to
     `manifest` only after the resume check passes, so a refused rerun leaves the scored lines in
-    place; `built.info` goes into summary.json as `input`.
+    place; `built.info` goes into summary.json as `input`. `limits`: what one line may ask for
+    (params.yaml's `limits`; parse_line).
+
+    The manifest is read line by line, three times (the resume check, scoring, routing), never held
+    whole: memory does not grow with its length beyond one small record per line.
     """
     from tqdm.auto import tqdm
 
@@ -267,20 +338,26 @@ def run(manifest: Path, out_dir: Path, gate: Gate, threshold: float, threshold_s
             log_path.unlink()
         review.clear(out_dir)  # kept overlays may be another model's drawing
     done = read_log(log_path)
-    lines = list(read_lines(manifest)) if built is None else list(enumerate(built.lines, start=1))
-    stale = [n for n, text in lines if n in done and done[n]["key"] != line_key(text)]
-    if stale:
-        what = "another manifest" if built is None else "other candidates (another input or score floor?)"
-        raise ValueError(f"{log_path} holds scores of {what} (line {stale[0]} changed since): "
-                         "use another --out, or --fresh to start over")
+
+    def lines() -> Iterator[tuple[int, str]]:
+        return read_lines(manifest, limits.max_line_bytes)
+
+    total = todo = 0
+    for n, text in (lines() if built is None else enumerate(built.lines, start=1)):
+        total += 1
+        if n not in done:
+            todo += 1
+        elif json.loads(done[n])["key"] != line_key(text):
+            what = "another manifest" if built is None else "other candidates (another input or score floor?)"
+            raise ValueError(f"{log_path} holds scores of {what} (line {n} changed since): "
+                             "use another --out, or --fresh to start over")
     if built is not None:
         write_jsonl_text(built.lines, manifest)
     base_dir = manifest.parent
-    todo = [(n, text) for n, text in lines if n not in done]
     # (the line's log record so far, its Example, its overlay JPEG): one batch of pictures at most
     pending: list[tuple[dict, object, bytes]] = []
     with open(log_path, "a", encoding="utf-8") as log, tqdm(
-        total=len(lines), initial=len(lines) - len(todo), desc="gate", unit="line", disable=not progress
+        total=total, initial=total - todo, desc="gate", unit="line", disable=not progress
     ) as bar:
         def flush():
             p = gate.score([ex for _, ex, _ in pending], batch_size)
@@ -291,9 +368,11 @@ def run(manifest: Path, out_dir: Path, gate: Gate, threshold: float, threshold_s
             bar.update(len(pending))
             pending.clear()
 
-        for number, text in todo:
+        for number, text in lines():
+            if number in done:
+                continue
             try:
-                c = parse_line(number, text, base_dir)
+                c = parse_line(number, text, base_dir, limits)
                 picture = overlay(c, gate.style)
                 ex = gate.example(c, picture)
             except BadLine as e:
@@ -305,57 +384,88 @@ def run(manifest: Path, out_dir: Path, gate: Gate, threshold: float, threshold_s
                 flush()
         if pending:
             flush()
+    del done
 
     def redraw(number: int, text: str) -> bytes:
         """A line scored earlier that needs review only now: drawn again by the same code, the same bytes."""
-        return overlay(parse_line(number, text, base_dir), gate.style)
+        return overlay(parse_line(number, text, base_dir, limits), gate.style)
 
-    return route(lines, read_log(log_path), out_dir, threshold, threshold_source, gate.prompt.decision_names, redraw,
-                 base_dir, built.info if built is not None else None)
+    return route(lines(), read_log(log_path), out_dir, threshold, threshold_source, gate.prompt.decision_names,
+                 redraw, base_dir, built.info if built is not None else None, limits)
 
 
-def route(lines: list[tuple[int, str]], done: dict[int, dict], out_dir: Path, threshold: float,
+def original_line(text: str) -> dict:
+    """The manifest line as an object, to copy through; `line_text` for one that is not a JSON object."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        obj = None
+    return obj if isinstance(obj, dict) else {"line_text": str(text)}
+
+
+def dumps_line(record: dict, text: str) -> str:
+    """A routed line as JSON; a line that parsed but cannot be written back (nested past the recursion
+    limit, an int of over 4300 digits) is copied as its text."""
+    try:
+        return json.dumps(record, sort_keys=True, default=str)
+    except (ValueError, RecursionError):
+        kept = {k: v for k, v in record.items() if k in ("line", "id", "p_accept", "decision", "route", "error", "detail")}
+        return json.dumps({**kept, "line_text": str(text)}, sort_keys=True, default=str)
+
+
+def route(lines, done: dict[int, str], out_dir: Path, threshold: float,
           threshold_source: str, decision_names: tuple[str, str], redraw, base_dir: Path,
-          input_info: dict | None = None) -> dict:
+          input_info: dict | None = None, limits: Limits = GATE_LIMITS) -> dict:
     """Write results, auto_pass, needs_review (also as COCO), review.html and summary from the scores;
     return the summary.
 
-    decision_names: Prompt.decision_names, the `decision` of an auto-passed line and of the rest
-    (ACCEPT / REJECT; "not ACCEPT" for the rest when the prompt has more than two answers).
-    redraw(line, text): the overlay of a line, for review.write.
+    lines: (number, text) of the manifest, in order, streamed: each output is written as the lines
+    pass, so a long manifest is never held in memory (the review page keeps a short entry per case).
+    done: read_log's records by line. decision_names: Prompt.decision_names, the `decision` of an
+    auto-passed line and of the rest (ACCEPT / REJECT; "not ACCEPT" for the rest when the prompt has
+    more than two answers). redraw(line, text): the overlay of a line, for the review page.
     base_dir: what the lines' paths are relative to (the manifest's folder), for the COCO file.
     input_info: what maskgate.interchange counted building the lines, for summary.json's `input`.
     """
-    results, passed, needs, errors, queue = [], [], [], Counter(), []
-    for number, text in lines:
-        r = dict(done[number])
-        r.pop("key")
-        if "error" in r:
-            errors[r["error"]] += 1
-            r["route"] = "needs_review"
-        else:
-            accept = decide(r["p_accept"], threshold)
-            r["decision"] = decision_names[0] if accept else decision_names[1]
-            r["route"] = "auto_pass" if accept else "needs_review"
-        results.append(r)
-        try:
-            original = json.loads(text)
-            original = original if isinstance(original, dict) else {"line_text": text}
-        except ValueError:
-            original = {"line_text": text}
-        extra = {k: v for k, v in r.items() if k not in ("line", "id")}
-        (passed if r["route"] == "auto_pass" else needs).append({**original, "line": number, **extra})
-        if r["route"] == "needs_review":
-            queue.append({**r, "key": done[number]["key"], "query": original.get("query"), "text": text})
-    for name, records in ((RESULTS, results), (AUTO_PASS, passed), (NEEDS_REVIEW, needs)):
-        write_jsonl(records, out_dir / name)
-    exported = interchange.write_review_coco(needs, base_dir, out_dir / NEEDS_REVIEW_COCO, threshold)
-    summary = {"lines": len(lines), "auto_pass": len(passed), "needs_review": len(needs),
+    counts, errors = Counter(), Counter()
+    with ExitStack() as stack:
+        out = {}
+        for name in (RESULTS, AUTO_PASS, NEEDS_REVIEW):
+            tmp = stack.enter_context(tables.atomic_file(out_dir / name))
+            out[name] = stack.enter_context(open(tmp, "w", encoding="utf-8"))
+        coco = stack.enter_context(interchange.review_coco_file(out_dir / NEEDS_REVIEW_COCO, base_dir, threshold, limits))
+
+        def cases():
+            for number, text in lines:
+                r = json.loads(done[number])
+                key = r.pop("key")
+                if "error" in r:
+                    errors[r["error"]] += 1
+                    r["route"] = "needs_review"
+                else:
+                    accept = decide(r["p_accept"], threshold)
+                    r["decision"] = decision_names[0] if accept else decision_names[1]
+                    r["route"] = "auto_pass" if accept else "needs_review"
+                counts["lines"] += 1
+                counts[r["route"]] += 1
+                out[RESULTS].write(json.dumps(r, sort_keys=True, default=str) + "\n")
+                original = original_line(text)
+                extra = {k: v for k, v in r.items() if k not in ("line", "id")}
+                routed = {**original, "line": number, **extra}
+                out[AUTO_PASS if r["route"] == "auto_pass" else NEEDS_REVIEW].write(dumps_line(routed, text) + "\n")
+                if r["route"] == "needs_review":
+                    coco.add(routed)
+                    query = original.get("query")
+                    yield {**r, "key": key, "query": query if isinstance(query, str) else None, "text": text}
+
+        shown, wanted = review.collect(out_dir, cases(), redraw)
+        exported = coco.counts()
+    summary = {"lines": counts["lines"], "auto_pass": counts["auto_pass"], "needs_review": counts["needs_review"],
                "bad_lines": sum(errors.values()), "errors": dict(sorted(errors.items())),
                "threshold": threshold, "threshold_source": threshold_source, "needs_review_coco": exported}
     if input_info is not None:
         summary["input"] = input_info
-    review.write(out_dir, queue, summary, decision_names, redraw)
+    review.publish(out_dir, shown, wanted, summary, decision_names)
     tables.write_json(summary, out_dir / SUMMARY)
     return summary
 
@@ -372,13 +482,14 @@ def write_jsonl_text(lines: list[str], path: Path) -> None:
 def verify(manifest: Path, model_dir: Path = Path("models/verifier"), out_dir: Path = Path("gate"),
            operating_point: Path | None = Path("reports/operating_point.json"), threshold: float | None = None,
            scoring: Scoring = PLAIN, fresh: bool = False, device: str | None = None, progress: bool = True,
-           built: interchange.Built | None = None) -> dict:
+           built: interchange.Built | None = None, limits: Limits = GATE_LIMITS) -> dict:
     """The gate from Python: score and route a manifest; returns the summary (see module doc).
 
     `built`: a segmenter's output as lines (interchange.from_coco_results / from_mask_folder); they are
-    written to `manifest` (e.g. out_dir / CANDIDATES) and scored.
+    written to `manifest` (e.g. out_dir / CANDIDATES) and scored. `limits`: what one line may ask for;
+    `config.load("params.yaml").limits` gives the project's (the default, config.GATE_LIMITS, holds
+    the same values).
     """
     t, source = threshold_from(operating_point, threshold)
     g = Gate(model_dir, device, scoring)
-    return run(manifest, out_dir, g, t, source, g.batch_size, fresh, progress,
-               built)
+    return run(manifest, out_dir, g, t, source, g.batch_size, fresh, progress, built, limits)

@@ -27,12 +27,15 @@ import csv
 import json
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from maskgate.config import GATE_LIMITS, Limits
 from maskgate.data import masks
 from maskgate.utils import tables
 
@@ -131,13 +134,15 @@ def image_table(doc, name: str) -> tuple[dict, dict, int]:
 
 
 def from_coco_results(results: Path, images: Path | None, images_dir: Path, queries=None,
-                      query_per: str | None = None, score_floor: float | None = None) -> Built:
+                      query_per: str | None = None, score_floor: float | None = None,
+                      limits: Limits = GATE_LIMITS) -> Built:
     """Manifest lines from COCO results: one per (image, query), in the order groups first appear.
 
     `images`: the COCO images file; None when `results` is itself a COCO file with `annotations` and
     `images`. `query_per`: "category" (the category's name, or `queries[category_id]`) or "image"
     (`queries[image_id or file_name]`, else the image entry's `text_input`); None picks "image" when
-    every image entry has a `text_input` (SA-Co), else "category".
+    every image entry has a `text_input` (SA-Co), else "category". `limits`: the gate's (a group past
+    one is a bad line here, before any mask of it is decoded).
     """
     results = Path(results)
     doc = load_json(results, "COCO results")
@@ -218,7 +223,7 @@ def from_coco_results(results: Path, images: Path | None, images_dir: Path, quer
 
     checked_sizes = {}
     lines, only_under = group_lines(order, groups, lambda item, g: coco_line(
-        item, g, table, bad_images, qmap, used, query_per, name, Path(images_dir), checked_sizes))
+        item, g, table, bad_images, qmap, used, query_per, name, Path(images_dir), checked_sizes, limits))
     info = {"format": "coco-results", "results": str(results), "images": str(images_name),
             "images_dir": str(images_dir), "query_per": query_per, "entries": len(entries),
             "score_floor": score_floor, "under_score_floor": under, "groups_only_under_score_floor": only_under,
@@ -228,7 +233,7 @@ def from_coco_results(results: Path, images: Path | None, images_dir: Path, quer
 
 
 def coco_line(key: tuple, g: dict, table: dict, bad_images: dict, qmap: dict, used: set, query_per: str, name: str,
-              images_dir: Path, checked_sizes: dict) -> dict:
+              images_dir: Path, checked_sizes: dict, limits: Limits) -> dict:
     """The manifest line of one group, or a bad line saying the first thing wrong with it."""
     image_id = key[0]
     named = ", ".join(f"results[{i}]" for i in g["seen"][:5]) + (", ..." if len(g["seen"]) > 5 else "")
@@ -261,6 +266,13 @@ def coco_line(key: tuple, g: dict, table: dict, bad_images: dict, qmap: dict, us
         return bad(str(image_id), "empty_query",
                    f"image {image_id!r} ({im['file_name']}) has no query: no text_input in {name}, not in --queries",
                    **fields)
+    # The images file's sizes are what each mask is built at: checked before the file is opened or a mask made.
+    if h * w > limits.max_image_pixels:
+        return bad(ident, "over_limit", f"{im['file_name']}: {name} says {w}x{h} = {h * w} pixels "
+                                        f"> limits.max_image_pixels = {limits.max_image_pixels}", **fields)
+    if len(g["kept"]) > limits.max_masks_per_group:
+        return bad(ident, "over_limit", f"{len(g['kept'])} instances ({named}) > limits.max_masks_per_group = "
+                                        f"{limits.max_masks_per_group}", **fields)
     if image_id not in checked_sizes:
         checked_sizes[image_id] = image_size(Path(path))
     size = checked_sizes[image_id]
@@ -282,7 +294,9 @@ def coco_line(key: tuple, g: dict, table: dict, bad_images: dict, qmap: dict, us
             except masks.BadMask as err:
                 return bad(ident, "bad_mask", f"{where}: {err}", **fields)
         try:
-            rles.append(masks.from_spec(seg, h, w, images_dir))
+            rles.append(masks.from_spec(seg, h, w, images_dir, limits))
+        except masks.OverLimit as err:
+            return bad(ident, "over_limit", f"{where}: {err}", **fields)
         except masks.BadMask as err:
             return bad(ident, "bad_mask", f"{where}: {err}", **fields)
     fields["masks"] = [{"size": [h, w], "counts": c} for c in rles]
@@ -292,7 +306,8 @@ def coco_line(key: tuple, g: dict, table: dict, bad_images: dict, qmap: dict, us
 INDEX = "index.csv"
 
 
-def from_mask_folder(folder: Path, images_dir: Path | None = None, score_floor: float | None = None) -> Built:
+def from_mask_folder(folder: Path, images_dir: Path | None = None, score_floor: float | None = None,
+                     limits: Limits = GATE_LIMITS) -> Built:
     """Manifest lines from a mask folder: `index.csv` (image, query, mask[, score]), one row per mask.
 
     Mask paths are relative to the folder, image paths to `images_dir` (default: the folder).
@@ -355,7 +370,12 @@ def from_mask_folder(folder: Path, images_dir: Path | None = None, score_floor: 
                   "scores": [s for _, _, s in g["kept"]]}
         line = {"id": f"{image}:{query}", "image": os.path.abspath(images_dir / image), "query": query,
                 "masks": [p for _, p, _ in g["kept"]], "source": source}
-        return bad(line.pop("id"), *g["errors"][0], **line) if g["errors"] else line
+        if g["errors"]:
+            return bad(line.pop("id"), *g["errors"][0], **line)
+        if len(g["kept"]) > limits.max_masks_per_group:
+            return bad(line.pop("id"), "over_limit", f"{len(g['kept'])} masks (index.csv lines {g['seen'][0]}, ...) "
+                                                     f"> limits.max_masks_per_group = {limits.max_masks_per_group}", **line)
+        return line
 
     lines, only_under = group_lines(order, groups, folder_line)
     info = {"format": "mask-folder", "index": str(index), "images_dir": str(images_dir), "rows": rows,
@@ -380,71 +400,88 @@ def group_lines(order: list, groups: dict, make_line) -> tuple[list[dict], int]:
     return lines, only_under
 
 
-def review_coco(records: list[dict], base_dir: Path, threshold: float) -> dict:
-    """The needs-review records (the manifest line + p_accept, decision, or error) as COCO annotations.
+class ReviewCoco:
+    """The needs-review records (the manifest line + p_accept, decision, or error) as COCO annotations,
+    written to the file as they come (`review_coco_file`): a long manifest's review queue is never
+    held whole in memory, only its images and categories.
 
     One annotation per mask, so a tool shows each instance as it would a segmenter's; its
     `attributes` carry p_accept, decision, the group (the line's id) and the query, so the masks of
     one candidate can be found together. Bad lines have no masks to show: they are counted in `info`
     and stay in needs_review.jsonl.
     """
-    base_dir = Path(base_dir)
-    images, categories, annotations, left_out, sizes = {}, {}, [], [], {}
-    used_ids: set = set()
-    bad_lines = 0
-    for r in records:
+
+    def __init__(self, f, base_dir: Path, threshold: float, limits):
+        self.f, self.base_dir, self.threshold, self.limits = f, Path(base_dir), threshold, limits
+        self.images, self.categories, self.left_out, self.sizes = {}, {}, [], {}
+        self.used_ids: set = set()
+        self.records = self.bad_lines = self.annotations = 0
+
+    def add(self, r: dict) -> None:
+        self.records += 1
         if "error" in r:
-            bad_lines += 1
-            continue
+            self.bad_lines += 1
+            return
         src = r.get("source") if isinstance(r.get("source"), dict) else {}
-        path = base_dir / r["image"]
-        if path not in sizes:
-            sizes[path] = image_size(path)
-        if sizes[path] is None:
-            left_out.append({"line": r["line"], "why": f"image {r['image']} no longer opens"})
-            continue
-        w, h = sizes[path]
+        path = self.base_dir / r["image"]
+        if path not in self.sizes:
+            self.sizes[path] = image_size(path)
+        if self.sizes[path] is None:
+            self.left_out.append({"line": r["line"], "why": f"image {r['image']} no longer opens"})
+            return
+        w, h = self.sizes[path]
         try:
-            rles = [masks.from_spec(m, h, w, base_dir) for m in r["masks"]]
+            if w * h > self.limits.max_image_pixels:  # scored earlier; the file was replaced since
+                raise masks.OverLimit(f"image {r['image']} is {w}x{h} now, past limits.max_image_pixels")
+            rles = [masks.from_spec(m, h, w, self.base_dir, self.limits) for m in r["masks"]]
         except masks.BadMask as e:  # scored earlier; a mask file changed since
-            left_out.append({"line": r["line"], "why": str(e)})
-            continue
+            self.left_out.append({"line": r["line"], "why": str(e)})
+            return
         # `source` is what the conversion recorded; a hand-written manifest may carry anything there
         given = src.get("image_id") if is_id(src.get("image_id")) else None
         file_name = src["file_name"] if isinstance(src.get("file_name"), str) and src["file_name"] else r["image"]
         key = (given, file_name)
-        if key not in images:
-            ident = given if isinstance(given, int) and given not in used_ids else max(used_ids, default=0) + 1
-            used_ids.add(ident)
-            images[key] = {"id": ident, "file_name": file_name, "height": h, "width": w}
+        if key not in self.images:
+            ident = given if isinstance(given, int) and given not in self.used_ids else max(self.used_ids, default=0) + 1
+            self.used_ids.add(ident)
+            self.images[key] = {"id": ident, "file_name": file_name, "height": h, "width": w}
         query = r["query"]
-        if query not in categories:
-            categories[query] = {"id": len(categories) + 1, "name": query, "supercategory": "query"}
+        if query not in self.categories:
+            self.categories[query] = {"id": len(self.categories) + 1, "name": query, "supercategory": "query"}
         scores = [number(v) for v in src["scores"]] if isinstance(src.get("scores"), list) else []
         group = str(r.get("id", r["line"]))
         for k, counts in enumerate(rles):
             rle = {"size": [h, w], "counts": counts.encode("ascii")}
-            ann = {"id": len(annotations) + 1, "image_id": images[key]["id"],
-                   "category_id": categories[query]["id"], "segmentation": {"size": [h, w], "counts": counts},
+            self.annotations += 1
+            ann = {"id": self.annotations, "image_id": self.images[key]["id"],
+                   "category_id": self.categories[query]["id"], "segmentation": {"size": [h, w], "counts": counts},
                    "area": int(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
                    "iscrowd": 0,  # each annotation is one instance; RLE here is only the encoding
                    "attributes": {"p_accept": r["p_accept"], "decision": r["decision"], "group": group,
                                   "query": query, "line": r["line"], "mask": k, "group_size": len(rles)}}
             if k < len(scores) and scores[k] is not None:
                 ann["score"] = scores[k]  # the segmenter's own confidence, where it gave one
-            annotations.append(ann)
-    info = {"description": "maskgate needs_review: candidate groups under the gate's threshold, "
-                           "one annotation per mask (attributes: p_accept, decision, group, query)",
-            "threshold": threshold, "groups": len(records) - bad_lines - len(left_out),
-            "bad_lines_not_here": bad_lines, "left_out": left_out}
-    return {"info": info, "licenses": [], "images": list(images.values()),
-            "categories": list(categories.values()), "annotations": annotations}
+            self.f.write(("" if self.annotations == 1 else ", ") + json.dumps(ann))
+
+    def rest(self) -> dict:
+        """Everything but the annotations, written after them."""
+        info = {"description": "maskgate needs_review: candidate groups under the gate's threshold, "
+                               "one annotation per mask (attributes: p_accept, decision, group, query)",
+                "threshold": self.threshold, "groups": self.records - self.bad_lines - len(self.left_out),
+                "bad_lines_not_here": self.bad_lines, "left_out": self.left_out}
+        return {"info": info, "licenses": [], "images": list(self.images.values()),
+                "categories": list(self.categories.values())}
+
+    def counts(self) -> dict:
+        return {"groups": self.records - self.bad_lines - len(self.left_out), "annotations": self.annotations,
+                "images": len(self.images), "bad_lines_not_here": self.bad_lines, "left_out": len(self.left_out)}
 
 
-def write_review_coco(records: list[dict], base_dir: Path, path: Path, threshold: float) -> dict:
-    """Write review_coco's file (temporary name, then rename); return its counts."""
-    doc = review_coco(records, base_dir, threshold)
+@contextmanager
+def review_coco_file(path: Path, base_dir: Path, threshold: float, limits) -> Iterator[ReviewCoco]:
+    """A ReviewCoco writing `path` (temporary name, then rename when the block ends without an error)."""
     with tables.atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f)
-    return {"groups": doc["info"]["groups"], "annotations": len(doc["annotations"]), "images": len(doc["images"]),
-            "bad_lines_not_here": doc["info"]["bad_lines_not_here"], "left_out": len(doc["info"]["left_out"])}
+        coco = ReviewCoco(f, base_dir, threshold, limits)
+        f.write('{"annotations": [')
+        yield coco
+        f.write("], " + json.dumps(coco.rest())[1:])  # the object's other keys, its closing brace

@@ -25,7 +25,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from maskgate.utils import tables
@@ -61,7 +61,7 @@ def clear(out_dir: Path) -> None:
                 f.unlink()
 
 
-def write(out_dir: Path, cases: list[dict], summary: dict, names: tuple[str, str],
+def write(out_dir: Path, cases, summary: dict, names: tuple[str, str],
           redraw: Callable[[int, str], bytes]) -> Path:
     """Write review.html for `cases` and make review/ hold exactly their overlays; returns the page's path.
 
@@ -71,6 +71,14 @@ def write(out_dir: Path, cases: list[dict], summary: dict, names: tuple[str, str
     ValueError or OSError (the image or mask changed or vanished since), which the page then shows.
     `names`: the prompt's decision names (ACCEPT, REJECT). `summary`: the gate's summary.
     """
+    shown, wanted = collect(out_dir, cases, redraw)
+    return publish(out_dir, shown, wanted, summary, names)
+
+
+def collect(out_dir: Path, cases: Iterable[dict], redraw: Callable[[int, str], bytes]) -> tuple[list[dict], set[str]]:
+    """The page's entries for `cases` (see `write`; any iterable, taken one at a time), overlays
+    drawn again where missing; and the overlay file names they use. An entry keeps only what the page
+    shows (a bad line's text cut to LINE_SHOWN), so a long queue's lines are not held."""
     out_dir = Path(out_dir)
     folder = out_dir / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
@@ -79,7 +87,11 @@ def write(out_dir: Path, cases: list[dict], summary: dict, names: tuple[str, str
         item = {"line": c["line"], "id": str(c["id"]), "query": None if c.get("query") is None else str(c["query"])}
         if "error" in c:
             text = c["text"]
-            cut = text[:LINE_SHOWN] + (f" ... ({len(text) - LINE_SHOWN} more characters)" if len(text) > LINE_SHOWN else "")
+            size = getattr(text, "size", None)  # a gate.Overlong holds its head only
+            more = (size - len(text.encode("utf-8", "surrogateescape")) if size is not None
+                    else len(text) - LINE_SHOWN if len(text) > LINE_SHOWN else 0)
+            cut = text[:LINE_SHOWN] + (f" ... ({more} more {'bytes' if size is not None else 'characters'})"
+                                       if more > 0 else "")
             item.update(error=c["error"], detail=c.get("detail", ""), text=cut)
         else:
             item["p"] = c["p_accept"]
@@ -93,6 +105,13 @@ def write(out_dir: Path, cases: list[dict], summary: dict, names: tuple[str, str
                 item["img"] = f"{FOLDER}/{path.name}"
                 wanted.add(path.name)
         shown.append(item)
+    return shown, wanted
+
+
+def publish(out_dir: Path, shown: list[dict], wanted: set[str], summary: dict, names: tuple[str, str]) -> Path:
+    """Write review.html from collect's entries, then delete the overlays no entry uses."""
+    out_dir = Path(out_dir)
+    folder = out_dir / FOLDER
     # Nearest the threshold first; bad lines (no P) after every REJECT, in manifest order.
     shown.sort(key=lambda i: (0, -i["p"], i["line"]) if "p" in i else (1, 0.0, i["line"]))
     page = out_dir / PAGE

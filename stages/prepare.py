@@ -16,7 +16,7 @@ def main() -> int:
     args = ap.parse_args()
     try:
         p = config.load(args.params)
-        report = prepare(p.data, p.prepare, p.seed, args.out)
+        report = prepare(p.data, p.prepare, p.seed, args.out, p.limits)
     except (TooManyBadRows, HubError, OSError, ValueError) as e:  # OSError: missing or unreadable files
         print(f"prepare failed: {e}", file=sys.stderr)
         return 1

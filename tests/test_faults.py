@@ -204,6 +204,7 @@ def test_each_broken_row_on_its_own_gets_its_reason(faulty):
     """Row by row (the counts above could hide two rows swapping reasons): each line of the fault file,
     validated alone, is kept if good and skipped under its own reason if broken."""
     from maskgate.data import sources
+    from maskgate.config import GATE_LIMITS
     from maskgate.data.validation import validate_all
 
     source = sources.load_local(faulty["source"])
@@ -214,7 +215,7 @@ def test_each_broken_row_on_its_own_gets_its_reason(faulty):
     for raw, reason in zip(raws, faulty["reasons"]):
         if reason == "duplicate_id":  # only a duplicate next to the first row with its id
             continue
-        rows, skipped, _ = validate_all([raw], store, "rescale")
+        rows, skipped, _ = validate_all([raw], store, "rescale", GATE_LIMITS)
         assert skipped["counts"] == ({reason: 1} if reason else {}), (raw, skipped)
         assert len(rows) == (0 if reason else 1)
 
@@ -473,7 +474,7 @@ def test_render_killed_half_way_leaves_no_partial_output_and_reruns_identically(
     params = render_params(tmp_path / "params.yaml")
     p = yaml.safe_load(params.read_text())
     s = settings(p)
-    prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "prepared")
+    prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "prepared", s.limits)
     negatives.build(tmp_path / "prepared", tmp_path / "negatives", s.negatives, s.seed)
     inputs = ("--params", params, "--prepared", tmp_path / "prepared", "--negatives", tmp_path / "negatives")
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from maskgate import gate
+from maskgate.config import GATE_LIMITS
 from maskgate.data import masks
 from maskgate.model.speedups import Scoring
 from maskgate.render.overlay import Style
@@ -79,7 +80,7 @@ def test_every_mask_form_gives_the_same_rle(tmp_path):
         {"size": [2 * H, 2 * W], "counts": masks.encode(masks.resize(BOX, 2 * H, 2 * W))},  # same aspect: rescaled
     ]
     for form in forms:
-        assert masks.from_spec(form, H, W, tmp_path) == want, form
+        assert masks.from_spec(form, H, W, tmp_path, GATE_LIMITS) == want, form
 
 
 @pytest.mark.parametrize("form, message", [
@@ -93,7 +94,7 @@ def test_every_mask_form_gives_the_same_rle(tmp_path):
 ])
 def test_bad_masks_say_why(tmp_path, form, message):
     with pytest.raises(masks.BadMask, match=message):
-        masks.from_spec(form, H, W, tmp_path)
+        masks.from_spec(form, H, W, tmp_path, GATE_LIMITS)
 
 
 def test_gate_overlay_is_the_render_stage_overlay(rendered, boxes_dataset, params):  # noqa: F811

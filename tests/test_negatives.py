@@ -218,7 +218,7 @@ def stage_outputs(prepared, out, cfg):
 def test_stage_output_and_report(tmp_path, boxes_dataset, params):
     params["data"].update(source="local", path=str(boxes_dataset))
     s = settings(params)
-    prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "prepared")
+    prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "prepared", s.limits)
     assert s.negatives.missing_instance == s.negatives.extra_instance == 0  # off in params.yaml
 
     before = stage_outputs(tmp_path / "prepared", tmp_path / "a", s.negatives)

@@ -10,7 +10,7 @@ from tests.conftest import jpeg_bytes, make_row, settings, write_local
 def test_prepare_writes_rows_images_and_report(tmp_path, boxes_dataset, params):
     params["data"].update(source="local", path=str(boxes_dataset))
     s = settings(params)
-    report = prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "p")
+    report = prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "p", s.limits)
     assert report["rows_in"] == 12 and sum(report["kept"].values()) == 12 and report["skipped"] == {}
     for split in ("train", "val"):
         rows = prepared.read_rows(tmp_path / "p", split)
@@ -26,7 +26,7 @@ def test_too_many_bad_rows_fail_with_the_reasons(tmp_path, params):
     params["data"].update(source="local", path=str(folder))
     with pytest.raises(prepare.TooManyBadRows, match="missing_image: 3"):
         s = settings(params)
-        prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "p")
+        prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "p", s.limits)
     assert not (tmp_path / "p").exists()
 
 
@@ -40,7 +40,7 @@ def test_mask_ref_rows_do_not_count_as_bad():
 def test_prepare_keeps_every_pool_mask(tmp_path, boxes_dataset, params):
     params["data"].update(source="local", path=str(boxes_dataset))
     s = settings(params)
-    report = prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "p")
+    report = prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "p", s.limits)
     rows = prepared.read_rows(tmp_path / "p", "train")
     # boxes_dataset: three boxes per image, each row's group holds one or two of them
     assert rows and all(len(r["pool"]) == 3 and set(r["groups"][0]) < set(r["pool"]) for r in rows)

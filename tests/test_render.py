@@ -16,7 +16,7 @@ def rendered(tmp_path, boxes_dataset, params):
     params["render"].update(size=64, workers=1, shard_size=7)
     params["negatives"]["per_positive"] = 3
     s = settings(params)
-    prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "prepared")
+    prepare.prepare(s.data, s.prepare, s.seed, tmp_path / "prepared", s.limits)
     negatives.build(tmp_path / "prepared", tmp_path / "negatives", s.negatives, 0)
     report = shards.render(tmp_path / "prepared", tmp_path / "negatives", tmp_path / "rendered", s.render, s.prompt)
     return tmp_path / "rendered", report

@@ -12,6 +12,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from maskgate import gate, interchange
+from maskgate.config import GATE_LIMITS
 from maskgate.data import masks
 from tests.conftest import REALDATA, ROOT
 from tests.test_gate import loaded_gate, small_verifier  # noqa: F401  (fixtures)
@@ -207,7 +208,7 @@ def test_coco_mask_forms_and_bad_entries_are_bad_lines_naming_the_entry(samples,
     for line in a_lines:
         h, w = images[a]["height"], images[a]["width"]
         for m, i in zip(line["masks"], line["source"]["entries"]):
-            assert m["counts"] == masks.from_spec(entries[i]["segmentation"], h, w, None)
+            assert m["counts"] == masks.from_spec(entries[i]["segmentation"], h, w, None, GATE_LIMITS)
     # the bad lines went to review with their reasons; none is in the COCO file
     review = read_jsonl(tmp_path / "out" / gate.NEEDS_REVIEW)
     assert sum("error" in r for r in review) == s["bad_lines"] == 9

@@ -46,7 +46,7 @@ def render_tiny(params: dict, work: Path) -> Path:
     from maskgate.render import shards
 
     s = settings(params)
-    prepare.prepare(s.data, s.prepare, s.seed, work / "prepared")
+    prepare.prepare(s.data, s.prepare, s.seed, work / "prepared", s.limits)
     negatives.build(work / "prepared", work / "negatives", s.negatives, s.seed)
     shards.render(work / "prepared", work / "negatives", work / "rendered", s.render, s.prompt)
     return work / "rendered"

@@ -5,6 +5,7 @@ from collections import Counter
 import pytest
 from PIL import Image
 
+from maskgate.config import GATE_LIMITS
 from maskgate.data import sources
 from maskgate.data.validation import ImageChecker, validate_all
 from tests.conftest import REALDATA, box_mask, jpeg_bytes, make_row, rle, write_local
@@ -16,7 +17,7 @@ def run(tmp_path, rows, images=None, policy="rescale"):
     images = {"a.jpg": jpeg_bytes(40, 60)} if images is None else images
     source = sources.load_local(write_local(tmp_path / "d", rows, images))
     raws, store = source.rows["train"], source.images
-    return validate_all(raws, store, policy)
+    return validate_all(raws, store, policy, GATE_LIMITS)
 
 
 def good(row_id="ok", **over):
@@ -72,7 +73,7 @@ def test_duplicate_ids_bad_lines_and_bad_images(tmp_path):
     (d / "rows.jsonl").write_bytes((d / "rows.jsonl").read_bytes().replace("ÿþ".encode(), b"\xff\xfe"))
     source = sources.load_local(d)
     raws, store = source.rows["train"], source.images
-    rows, skipped, stats = validate_all(raws, store, "rescale")
+    rows, skipped, stats = validate_all(raws, store, "rescale", GATE_LIMITS)
     assert [r.row_id for r in rows] == ["dup"]
     assert skipped["counts"] == {"bad_json": 1, "duplicate_id": 1, "not_utf8": 1, "undecodable_image": 1}
     assert stats["rows_in"] == 5
@@ -82,7 +83,7 @@ def test_duplicate_ids_bad_lines_and_bad_images(tmp_path):
 def test_image_modes_decode(tmp_path, mode):
     buf = io.BytesIO()
     Image.new(mode, (60, 40)).save(buf, format="TIFF" if mode == "CMYK" else "PNG")
-    checker = ImageChecker(sources.MemoryImages({"a": buf.getvalue()}))
+    checker = ImageChecker(sources.MemoryImages({"a": buf.getvalue()}), GATE_LIMITS.max_image_pixels)
     assert checker.size("a") == (40, 60)
 
 
@@ -94,7 +95,7 @@ def test_image_decoded_once_per_name():
             reads[name] += 1
             return super().read(name)
 
-    checker = ImageChecker(Store({"a": jpeg_bytes(4, 4)}))
+    checker = ImageChecker(Store({"a": jpeg_bytes(4, 4)}), GATE_LIMITS.max_image_pixels)
     for _ in range(3):
         checker.size("a")
     assert reads["a"] == 1
@@ -103,7 +104,7 @@ def test_image_decoded_once_per_name():
 def test_realdata_goes_through_unchanged():
     source = sources.load_local(REALDATA)
     raws, store = source.rows["train"], source.images
-    rows, skipped, stats = validate_all(raws, store, "rescale")
+    rows, skipped, stats = validate_all(raws, store, "rescale", GATE_LIMITS)
     assert len(rows) == 276 and skipped["counts"] == {} and stats["masks_rescaled"] == 0
 
 

@@ -5,16 +5,32 @@ own image. A group is a list of masks; comparisons between groups use the union 
 """
 from __future__ import annotations
 
+import math
+import warnings
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+if TYPE_CHECKING:
+    from maskgate.config import Limits
 
 
 class BadMask(ValueError):
     """An RLE that pycocotools cannot decode, or one of the wrong size."""
 
 
-def run_lengths(counts: bytes) -> list[int]:
+class OverLimit(BadMask):
+    """A mask that asks for more than a `limits` key allows; the message names the key."""
+
+
+# 13 five-bit groups hold 64 bits, all pycocotools' decoder keeps of a run (its `long`); a longer run is
+# not an RLE it can read, and an unbounded one would cost Python's big-int loop quadratic time here.
+MAX_RUN_CHARS = 13
+
+
+def run_lengths(counts: bytes, total: int | None = None) -> list[int]:
     """The run lengths a compressed COCO RLE string holds (the inverse of pycocotools' rleToString).
 
     Why here and not pycocotools: its decoder trusts the string. Runs that add up to less than the
@@ -23,13 +39,19 @@ def run_lengths(counts: bytes) -> list[int]:
     string is measured here first, and only one whose runs exactly fill the mask reaches it.
     Each run is 5-bit groups (48 + bits, 0x20 = more follows, 0x10 = sign), deltas from the
     run two back after the first three runs.
+
+    `total`: the mask's pixel count. A string is then refused as soon as a run is negative, the runs
+    pass `total` or there are more runs than a mask of `total` pixels can have, so a long string
+    that cannot be this mask costs no more than its first wrong run.
     """
-    runs, p, n = [], 0, len(counts)
+    runs, p, n, summed = [], 0, len(counts), 0
     while p < n:
         x, k, more = 0, 0, True
         while more:
             if p >= n:
                 raise BadMask("RLE counts string ends inside a run")
+            if k == MAX_RUN_CHARS:
+                raise BadMask(f"RLE counts hold a run of more than {MAX_RUN_CHARS} characters (over 64 bits)")
             c = counts[p] - 48
             if not 0 <= c < 64:
                 raise BadMask(f"RLE counts hold {chr(counts[p])!r}, outside the RLE alphabet")
@@ -41,6 +63,11 @@ def run_lengths(counts: bytes) -> list[int]:
         if len(runs) > 2:
             x += runs[-2]
         runs.append(x)
+        if total is not None:
+            summed += x
+            if x < 0 or summed > total or len(runs) > total + 1:
+                raise BadMask(f"RLE counts do not add up to the mask's {total} pixels (run {len(runs) - 1} is {x}, "
+                              f"{summed} pixels so far)")
     return runs
 
 
@@ -54,7 +81,7 @@ def decode(counts: str | bytes, height: int, width: int, check: bool = True) -> 
     if isinstance(counts, str):
         counts = counts.encode("ascii")
     if check:
-        runs = run_lengths(counts)
+        runs = run_lengths(counts, height * width)
         if any(r < 0 for r in runs) or sum(runs) != height * width:
             raise BadMask(f"RLE counts add up to {sum(runs)} pixels (with {sum(r < 0 for r in runs)} negative runs), "
                           f"the mask has {height}x{width} = {height * width}")
@@ -96,6 +123,12 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / uni) if uni else 1.0
 
 
+def covers_any(group: list[str], height: int, width: int) -> bool:
+    """Whether any mask of the group has a pixel, read off the runs: no mask is decoded (a group
+    of many large masks would be a large allocation for a yes or no)."""
+    return any(int(mask_utils.area({"size": [height, width], "counts": c.encode("ascii")})) > 0 for c in group)
+
+
 def decode_group(group: list[str], height: int, width: int) -> list[np.ndarray]:
     return [decode(c, height, width) for c in group]
 
@@ -104,8 +137,23 @@ def rle_size(size: object) -> tuple[int, int]:
     """(height, width) of an RLE's `size`; BadMask unless it is two positive integers."""
     if (not isinstance(size, (list, tuple)) or len(size) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        raise BadMask(f"size {size!r} is not [height, width] in positive integers")
+        raise BadMask(f"size {short(size)} is not [height, width] in positive integers")
     return int(size[0]), int(size[1])
+
+
+def check_pixels(h: int, w: int, limit: int, key: str, what: str) -> None:
+    """OverLimit when h x w passes `limit` (the value of limits.`key`): checked before anything of that size exists."""
+    if h * w > limit:
+        raise OverLimit(f"{what} is {h}x{w} = {h * w} pixels > limits.{key} = {limit}")
+
+
+def short(v: object, n: int = 60) -> str:
+    """repr cut short: a detail names a bad value without copying a huge one into every output."""
+    try:
+        text = repr(v)
+    except (ValueError, RecursionError):  # an int past Python's 4300-digit str limit, a deep list
+        text = f"<{type(v).__name__}>"
+    return text if len(text) <= n else text[:n] + "..."
 
 
 def same_aspect(h: int, w: int, height: int, width: int) -> bool:
@@ -123,23 +171,35 @@ def rescaled(mask: np.ndarray, height: int, width: int, what: str) -> np.ndarray
     return resize(mask, height, width)
 
 
-def from_spec(spec, height: int, width: int, base_dir) -> str:
+def from_spec(spec, height: int, width: int, base_dir, limits: "Limits") -> str:
     """A mask given in any of the gate's forms, as a compressed RLE string at (height, width).
 
     Forms: a COCO RLE dict ``{"size": [h, w], "counts": str | [int, ...]}``; a polygon in image
     pixels (``[x1, y1, x2, y2, ...]`` or a list of such rings, one mask); or the path of a mask
     image (non-zero pixels inside), relative to `base_dir`. A mask of another resolution with the
     same aspect ratio is rescaled, as prepare does; anything else is a BadMask saying why.
+
+    Every size, count and coordinate is checked against `limits` before pycocotools or PIL sees it:
+    their C code trusts what it is given (a declared size is allocated as it is, a coordinate is
+    cast to int), so a wrong one is a crash or an allocation without bound, not an exception.
+    The caller has checked height x width against limits.max_image_pixels.
     """
     if isinstance(spec, dict):
         if "size" not in spec or "counts" not in spec:
             raise BadMask("an RLE needs size [h, w] and counts")
         h, w = rle_size(spec["size"])
+        check_pixels(h, w, limits.max_mask_pixels, "max_mask_pixels", "the RLE's size")
+        if (h, w) != (height, width) and not same_aspect(h, w, height, width):
+            raise BadMask(f"RLE mask is {h}x{w}, the image is {height}x{width} (another aspect ratio)")
         counts = spec["counts"]
         if isinstance(counts, list):  # uncompressed RLE: pycocotools compresses it
-            if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != h * w:
+            # length first: the runs are at most one more than the pixels (a run may be 0 only where it starts)
+            if (len(counts) > h * w + 1 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                                   for c in counts) or sum(counts) != h * w):
                 raise BadMask(f"uncompressed RLE counts must be non-negative integers summing to {h}x{w}")
             counts = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)["counts"]
+        if isinstance(counts, str) and not counts.isascii():
+            raise BadMask("RLE counts must be ASCII (the compressed RLE alphabet)")
         if not isinstance(counts, (str, bytes)):
             raise BadMask("RLE counts must be a string (compressed) or a list of integers")
         return encode(rescaled(decode(counts, h, w), height, width, "RLE mask"))
@@ -147,20 +207,65 @@ def from_spec(spec, height: int, width: int, base_dir) -> str:
         from pathlib import Path
 
         path = Path(base_dir) / spec
-        if not path.is_file():
-            raise BadMask(f"mask image {spec} not found")
         try:
-            with Image.open(path) as img:
-                m = np.asarray(img.convert("L")) > 0
-        except Exception as e:  # PIL raises many types for broken files
-            raise BadMask(f"mask image {spec} does not decode: {type(e).__name__}: {e}") from None
+            found = path.is_file()
+        except (OSError, ValueError) as e:  # a name too long for the file system, a NUL, a lone surrogate
+            raise BadMask(f"mask image {short(spec)} cannot be looked up: {type(e).__name__}: {e}") from None
+        if not found:
+            raise BadMask(f"mask image {short(spec)} not found")
+        m = read_mask_image(path, spec, limits)
         return encode(rescaled(m, height, width, f"mask image {spec}"))
     if isinstance(spec, list) and spec:
-        rings = spec if isinstance(spec[0], list) else [spec]
-        for ring in rings:
-            if (not isinstance(ring, list) or len(ring) < 6 or len(ring) % 2
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ring)):
-                raise BadMask("a polygon is a list of at least 3 x, y pairs in image pixels")
-        rle = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in r] for r in rings], height, width))
-        return rle["counts"].decode("ascii")
+        return polygon(spec, height, width, limits)
     raise BadMask("a mask is an RLE dict, a polygon (list of numbers) or a mask image path")
+
+
+def read_mask_image(path, name: str, limits: "Limits") -> np.ndarray:
+    """A mask image as a bool array (non-zero = inside), its header size checked before it is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:  # lazy: reads the header only
+                check_pixels(img.height, img.width, limits.max_mask_pixels, "max_mask_pixels", f"mask image {name}")
+                return np.asarray(img.convert("L")) > 0
+    except OverLimit:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise OverLimit(f"mask image {name}: PIL refuses it as a decompression bomb ({e}); limits.max_mask_pixels = "
+                        f"{limits.max_mask_pixels} does not lift PIL's own limit") from None
+    except Exception as e:  # PIL raises many types for broken files
+        raise BadMask(f"mask image {name} does not decode: {type(e).__name__}: {e}") from None
+
+
+def polygon(spec: list, height: int, width: int, limits: "Limits") -> str:
+    """A polygon (a flat list of x, y or a list of such rings) as a compressed RLE string.
+
+    pycocotools' rleFrPoly casts each coordinate x 5 to int (NaN, inf and anything past 2^31 / 5 are
+    undefined there) and allocates an int per 1/5 px along every edge: the coordinates are kept
+    finite and within limits.polygon_margin of the image, the vertices and the perimeter bounded.
+    """
+    rings = spec if isinstance(spec[0], list) else [spec]
+    vertices = sum(len(r) // 2 if isinstance(r, list) else 0 for r in rings)
+    if vertices > limits.max_polygon_vertices:
+        raise OverLimit(f"the polygon has {vertices} vertices > limits.max_polygon_vertices = {limits.max_polygon_vertices}")
+    mx, my = limits.polygon_margin * width, limits.polygon_margin * height
+    perimeter = 0.0
+    for ring in rings:
+        if (not isinstance(ring, list) or len(ring) < 6 or len(ring) % 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ring)):
+            raise BadMask("a polygon is a list of at least 3 x, y pairs in image pixels")
+        try:
+            xs, ys = [float(v) for v in ring[0::2]], [float(v) for v in ring[1::2]]
+        except OverflowError:  # an int too large for a float
+            raise BadMask("polygon coordinates must be finite numbers") from None
+        if not all(math.isfinite(v) for v in xs + ys):
+            raise BadMask("polygon coordinates must be finite numbers (no NaN or infinity)")
+        if min(xs) < -mx or max(xs) > width + mx or min(ys) < -my or max(ys) > height + my:
+            raise OverLimit(f"polygon coordinates reach x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}, more than "
+                            f"limits.polygon_margin = {limits.polygon_margin:g} image sides outside the {width}x{height} image")
+        perimeter += sum(max(abs(xs[i] - xs[i - 1]), abs(ys[i] - ys[i - 1])) for i in range(len(xs)))
+        if perimeter > limits.max_polygon_perimeter:
+            raise OverLimit(f"the polygon's edges run over {perimeter:.0f} px > limits.max_polygon_perimeter = "
+                            f"{limits.max_polygon_perimeter}")
+    rle = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in r] for r in rings], height, width))
+    return rle["counts"].decode("ascii")

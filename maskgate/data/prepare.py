@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from maskgate.config import Data, Prepare
+from maskgate.config import Data, Limits, Prepare
 from maskgate.data import sources
 from maskgate.data.prepared import IMAGE_SCHEMA, IMAGES_PER_SHARD, ROW_SCHEMA, SPLITS
 from maskgate.utils import tables
@@ -39,13 +39,16 @@ def row_record(row: Row) -> dict:
             "height": row.height, "width": row.width, "groups": row.groups, "pool": row.pool}
 
 
-def prepare(data: Data, cfg: Prepare, seed: int, out_dir: Path) -> dict:
-    """Run validation and the split; write the output folder; return the report."""
-    source = sources.load(data, seed)
+def prepare(data: Data, cfg: Prepare, seed: int, out_dir: Path, limits: Limits) -> dict:
+    """Run validation and the split; write the output folder; return the report.
+
+    `limits`: what one row may ask for (params.yaml's `limits`); a row past one is a counted skip.
+    """
+    source = sources.load(data, seed, limits.max_line_bytes)
     checked, report_in = {}, {}
     for role, raws in source.rows.items():
         with tqdm(desc=f"prepare: validating {role} rows", unit="row") as bar:
-            rows, skipped, stats = validate_all(raws, source.images, cfg.mask_size_mismatch, progress=bar)
+            rows, skipped, stats = validate_all(raws, source.images, cfg.mask_size_mismatch, limits, progress=bar)
         checked[role] = (rows, skipped, stats)
     test_images = {r.image for r in checked["test"][0]} if "test" in checked else set()
     if test_images:

@@ -47,7 +47,11 @@ class FolderImages:
 
     def read(self, name: str) -> bytes:
         path = self.root / name
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except (OSError, ValueError):  # a name too long for the file system: no such image here
+            found = False
+        if not found:
             raise ImageMissing(name)
         return path.read_bytes()
 
@@ -82,11 +86,12 @@ class MemoryImages:
         return self.images[name]
 
 
-def read_rows_file(path: Path) -> Iterator[dict | RawError]:
+def read_rows_file(path: Path, max_line_bytes: int | None = None) -> Iterator[dict | RawError]:
     """Rows of a JSONL, JSON (a list) or parquet file.
 
     JSONL is read line by line rather than through `datasets`' JSON builder so that one broken
-    line becomes one counted skip naming its line, instead of failing the whole file.
+    line becomes one counted skip naming its line, instead of failing the whole file. A line over
+    `max_line_bytes` (limits.max_line_bytes) is skipped unread (`over_limit`), never held whole.
     """
     if path.suffix == ".parquet":
         from maskgate.utils.tables import open_parquet
@@ -97,21 +102,39 @@ def read_rows_file(path: Path) -> Iterator[dict | RawError]:
             data = json.loads(path.read_bytes().decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: not a valid UTF-8 JSON file: {e}") from None
+        except (ValueError, RecursionError) as e:  # an int of over 4300 digits, arrays nested too deep
+            raise ValueError(f"{path}: not a JSON file Python can read: {type(e).__name__}: {e}") from None
         if not isinstance(data, list):
             raise ValueError(f"{path}: a .json rows file must hold a list of rows")
         yield from data
         return
     with path.open("rb") as f:
-        for lineno, line in enumerate(f, 1):
+        lineno = 0
+        while True:
+            line = f.readline() if max_line_bytes is None else f.readline(max_line_bytes + 2)  # + "\r\n"
+            if not line:
+                return
+            lineno += 1
+            where = f"{path.name}:{lineno}"
+            if max_line_bytes is not None and not line.endswith(b"\n") and len(line.rstrip(b"\r\n")) > max_line_bytes:
+                size = len(line)
+                while not line.endswith(b"\n"):  # the rest of the line, in pieces
+                    line = f.readline(1 << 20)
+                    if not line:
+                        break
+                    size += len(line.rstrip(b"\r\n"))
+                yield RawError(where, "over_limit", f"the line is {size} bytes > limits.max_line_bytes = {max_line_bytes}")
+                continue
             if not line.strip():
                 continue
-            where = f"{path.name}:{lineno}"
             try:
                 yield json.loads(line.decode("utf-8"))
             except UnicodeDecodeError as e:
                 yield RawError(where, "not_utf8", str(e))
             except json.JSONDecodeError as e:
                 yield RawError(where, "bad_json", str(e))
+            except (ValueError, RecursionError) as e:  # an int of over 4300 digits, arrays nested too deep
+                yield RawError(where, "bad_json", f"{type(e).__name__}: {e}")
 
 
 def local_rows_files(root: Path) -> list[Path]:
@@ -121,13 +144,13 @@ def local_rows_files(root: Path) -> list[Path]:
     return files
 
 
-def load_local(root: Path) -> Source:
+def load_local(root: Path, max_line_bytes: int | None = None) -> Source:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data.path is not a folder: {root}")
     files = local_rows_files(root)
     images = FolderImages(root / "images")
-    return Source({"train": (row for f in files for row in read_rows_file(f))}, images,
+    return Source({"train": (row for f in files for row in read_rows_file(f, max_line_bytes))}, images,
                   {"path": str(root), "files": [f.name for f in files]})
 
 
@@ -203,10 +226,10 @@ def load_demo(n_images: int, seed: int) -> Source:
     return Source({"train": iter(rows)}, MemoryImages(images), {"demo_images": n_images})
 
 
-def load(data: Data, seed: int) -> Source:
-    """The rows and image store that `data.source` names."""
+def load(data: Data, seed: int, max_line_bytes: int | None = None) -> Source:
+    """The rows and image store that `data.source` names; `max_line_bytes`: for a local JSONL rows file."""
     if data.source == "hub":
         return load_hub(data.hub_repo, data.hub_revision, data.hub_train_split, data.hub_test_split, data.hub_images)
     if data.source == "local":
-        return load_local(Path(data.path))
+        return load_local(Path(data.path), max_line_bytes)
     return load_demo(data.demo_images, seed)

@@ -14,8 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from maskgate.config import Limits
 from maskgate.data import masks
-from maskgate.utils.images import decode_image
+from maskgate.utils.images import ImageTooLarge, decode_image
 from maskgate.data.sources import ImageMissing, RawError, safe_name
 
 MAX_QUERY_CHARS = 1000  # far past any real query; longer text is broken input, not a query
@@ -67,8 +68,11 @@ def clean_query(text: object) -> str:
 
 @dataclass
 class ImageChecker:
-    """Decodes each image once, however many rows name it, and remembers the outcome."""
+    """Decodes each image once, however many rows name it, and remembers the outcome.
+
+    `max_pixels` (limits.max_image_pixels): the header's size is checked before the pixels are decoded."""
     store: object
+    max_pixels: int
     seen: dict = field(default_factory=dict)
 
     def size(self, name: str) -> tuple[int, int]:
@@ -83,11 +87,13 @@ class ImageChecker:
         try:
             data = self.store.read(name)
         except ImageMissing:
-            return BadRow("missing_image", name)
+            return BadRow("missing_image", name if len(name) <= 300 else name[:300] + "...")
         if not data:
             return BadRow("undecodable_image", f"{name}: empty file (0 bytes)")
         try:
-            img = decode_image(data)
+            img = decode_image(data, self.max_pixels)
+        except ImageTooLarge as e:
+            return BadRow("over_limit", f"{name}: {e}")
         except Exception as e:  # PIL raises many types for broken files; all mean "not an image"
             return BadRow("undecodable_image", f"{name}: {type(e).__name__}: {e}")
         if img.width == 0 or img.height == 0:
@@ -95,9 +101,9 @@ class ImageChecker:
         return img.height, img.width
 
 
-def _rle_of(pool: list, index: object, height: int, width: int, policy: str, stats: Counter) -> str:
+def _rle_of(pool: list, index: object, height: int, width: int, policy: str, stats: Counter, limits: Limits) -> str:
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(pool):
-        raise BadRow("index_out_of_range", f"index {index!r} into a pool of {len(pool)}")
+        raise BadRow("index_out_of_range", f"index {masks.short(index)} into a pool of {len(pool)}")
     rle = pool[index]
     if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
         raise BadRow("bad_rle", f"mask {index} is not a {{size, counts}} dict")
@@ -111,6 +117,10 @@ def _rle_of(pool: list, index: object, height: int, width: int, policy: str, sta
     if not isinstance(counts, str) or not counts.isascii():
         raise BadRow("bad_rle", f"mask {index}: counts must be a compressed RLE string (ASCII)")
     # The size is checked before decoding, so a mask claiming a huge size is never allocated.
+    try:
+        masks.check_pixels(h, w, limits.max_mask_pixels, "max_mask_pixels", f"mask {index}")
+    except masks.OverLimit as e:
+        raise BadRow("over_limit", str(e)) from None
     if (h, w) != (height, width):
         if policy != "rescale" or not masks.same_aspect(h, w, height, width):
             raise BadRow("mask_size_mismatch", f"mask {index} is {h}x{w}, image is {height}x{width}")
@@ -124,19 +134,24 @@ def _rle_of(pool: list, index: object, height: int, width: int, policy: str, sta
     return masks.encode(masks.resize(m, height, width))
 
 
-def validate(raw: dict, images: ImageChecker, policy: str, stats: Counter, pool_skips: dict | None = None) -> Row:
+def validate(raw: dict, images: ImageChecker, policy: str, stats: Counter, limits: Limits,
+             pool_skips: dict | None = None) -> Row:
     """A `Row`, or BadRow naming the first thing wrong with it."""
     if pool_skips is None:
         pool_skips = {"counts": Counter(), "examples": {}}
     if not isinstance(raw, dict):
         raise BadRow("bad_row", "not an object")
     row_id = raw.get("id")
-    if row_id is None or str(row_id).strip() == "":
+    try:
+        row_id = None if row_id is None else str(row_id)
+    except (ValueError, RecursionError):  # an int past Python's 4300-digit limit, a list nested too deep
+        raise BadRow("bad_row", f"id {masks.short(raw.get('id'))} cannot be read as text") from None
+    if row_id is None or row_id.strip() == "":
         raise BadRow("bad_row", "no id")
     query = query_of(raw)
     name = safe_name(raw.get("image"))
     if name is None:
-        raise BadRow("unsafe_image_name", repr(raw.get("image")))
+        raise BadRow("unsafe_image_name", masks.short(raw.get("image"), 300))
     height, width = images.size(name)
     pool, groups = raw.get("gt_mask_pool"), raw.get("gt_mask_group")
     if not isinstance(pool, list) or not isinstance(groups, list) or not groups:
@@ -144,17 +159,20 @@ def validate(raw: dict, images: ImageChecker, policy: str, stats: Counter, pool_
     checked = []
     for g in groups:
         if not isinstance(g, list) or not g:
-            raise BadRow("empty_group", f"group {len(checked)} is {g!r}: not a non-empty list of mask indices")
-        checked.append([_rle_of(pool, i, height, width, policy, stats) for i in g])
-    if not masks.union(masks.decode_group(checked[0], height, width)).any():
+            raise BadRow("empty_group", f"group {len(checked)} is {masks.short(g)}: not a non-empty list of mask indices")
+        if len(g) > limits.max_masks_per_group:
+            raise BadRow("over_limit", f"group {len(checked)} has {len(g)} masks > limits.max_masks_per_group = "
+                                       f"{limits.max_masks_per_group}")
+        checked.append([_rle_of(pool, i, height, width, policy, stats, limits) for i in g])
+    if not masks.covers_any(checked[0], height, width):
         raise BadRow("empty_group", "the named group covers no pixel")
     in_groups = {i: c for g, cs in zip(groups, checked) for i, c in zip(g, cs)}
     return Row(str(row_id), name, query, height, width, checked,
-               pool_of(pool, in_groups, height, width, policy, stats, pool_skips, str(row_id)))
+               pool_of(pool, in_groups, height, width, policy, stats, pool_skips, str(row_id), limits))
 
 
 def pool_of(pool: list, in_groups: dict, height: int, width: int, policy: str, stats: Counter,
-            pool_skips: dict, row_id: str) -> list[str]:
+            pool_skips: dict, row_id: str, limits: Limits) -> list[str]:
     """Every mask of the pool as a checked RLE string (the groups' masks as they were checked). A broken
     or empty mask outside the groups is dropped, counted in pool_skips["counts"] under its reason, with
     one example naming the row in pool_skips["examples"]; rescaled pool masks count as pool_masks_rescaled."""
@@ -165,7 +183,7 @@ def pool_of(pool: list, in_groups: dict, height: int, width: int, policy: str, s
             continue
         try:
             own = Counter()
-            counts = _rle_of(pool, i, height, width, policy, own)
+            counts = _rle_of(pool, i, height, width, policy, own, limits)
             if not masks.decode(counts, height, width, check=False).any():
                 raise BadRow("empty_mask", f"mask {i} covers no pixel")
         except BadRow as e:
@@ -177,13 +195,26 @@ def pool_of(pool: list, in_groups: dict, height: int, width: int, policy: str, s
     return out
 
 
-def validate_all(raws: Iterable[dict | RawError], store, policy: str, progress=None) -> tuple[list[Row], dict, Counter]:
+def _id_text(raw) -> str:
+    """A row's id as the report names it: cut short, '?' where there is none Python can write."""
+    try:
+        text = str(raw.get("id")) if isinstance(raw, dict) else "?"
+    except (ValueError, RecursionError):  # an int past the 4300-digit limit, a list nested too deep
+        text = "?"
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def validate_all(raws: Iterable[dict | RawError], store, policy: str, limits: Limits,
+                 progress=None) -> tuple[list[Row], dict, Counter]:
     """Valid rows, skipped counts by reason, and other counts (rows_in, masks_rescaled, pool_masks_rescaled,
     and pool_masks_skipped: {"counts": {reason: n}, "examples": {reason: text}}, the pool masks dropped).
 
+    `limits`: what one row may ask for (image and mask pixels, masks per group); a row past one is
+    skipped as `over_limit`, its detail naming the key.
+
     Duplicate ids: the first row keeps the id, later ones are skipped as `duplicate_id`.
     """
-    images = ImageChecker(store)
+    images = ImageChecker(store, limits.max_image_pixels)
     rows, skipped, stats, ids = [], Counter(), Counter(), set()
     examples: dict[str, str] = {}
     pool_skips: dict = {"counts": Counter(), "examples": {}}
@@ -194,14 +225,14 @@ def validate_all(raws: Iterable[dict | RawError], store, policy: str, progress=N
         try:
             if isinstance(raw, RawError):
                 raise BadRow(raw.reason, f"{raw.where}: {raw.detail}")
-            row = validate(raw, images, policy, stats, pool_skips)
+            row = validate(raw, images, policy, stats, limits, pool_skips)
             if row.row_id in ids:
                 raise BadRow("duplicate_id", row.row_id)
             ids.add(row.row_id)
             rows.append(row)
         except BadRow as e:
             skipped[e.reason] += 1
-            where = raw.where if isinstance(raw, RawError) else f"row {i} (id {raw.get('id') if isinstance(raw, dict) else '?'})"
+            where = raw.where if isinstance(raw, RawError) else f"row {i} (id {_id_text(raw)})"
             examples.setdefault(e.reason, f"{where}: {e}")
     stats["pool_masks_skipped"] = {"counts": dict(sorted(pool_skips["counts"].items())),
                                    "examples": dict(sorted(pool_skips["examples"].items()))}
