@@ -101,31 +101,17 @@ def read_lines(path: Path, max_bytes: int | None = None) -> Iterator[tuple[int, 
     A line longer than `max_bytes` (limits.max_line_bytes) is never read whole: it comes as an
     Overlong, its head and its size, and parse_line reports it.
     """
-    with open(path, "rb") as f:
-        number = 0
-        while True:
-            raw = f.readline() if max_bytes is None else f.readline(max_bytes + 2)  # + "\r\n"
-            if not raw:
-                return
-            number += 1
-            body = raw.rstrip(b"\r\n")
-            if raw.endswith(b"\n") or max_bytes is None or len(body) <= max_bytes:
-                text = body.decode("utf-8", "surrogateescape")
-                if text.strip():
-                    yield number, text
-                continue
-            digest, size = hashlib.sha256(body), len(body)  # the rest, in pieces, to the line's end
-            head = body[:4 * review.LINE_SHOWN]
-            while not raw.endswith(b"\n"):
-                raw = f.readline(1 << 20)
-                if not raw:
-                    break
-                piece = raw.rstrip(b"\r\n")
-                digest.update(piece)
-                size += len(piece)
-            line = Overlong(head.decode("utf-8", "surrogateescape")[:review.LINE_SHOWN])
-            line.size, line.key = size, digest.hexdigest()[:16]
-            yield number, line
+    from maskgate.utils.lines import read_lines as bounded
+
+    for line in bounded(path, max_bytes):
+        if not line.overlong:
+            text = line.body.decode("utf-8", "surrogateescape")
+            if text.strip():
+                yield line.number, text
+            continue
+        over = Overlong(line.body[:4 * review.LINE_SHOWN].decode("utf-8", "surrogateescape")[:review.LINE_SHOWN])
+        over.size, over.key = line.size, line.digest
+        yield line.number, over
 
 
 def _text(v, fallback: str) -> str:

@@ -50,7 +50,7 @@ def test_what_the_speed_settings_say_goes_to_stderr_too(folder, small_verifier):
                        env=ENV, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["decision"] == "REJECT" and p.stdout.count("\n") == 1
-    assert "gate: LoRA adapter merged" in p.stderr and "compile requested" in p.stderr
+    assert "gate: LoRA adapter merged" in p.stderr and "compiling the decoder layers requested" in p.stderr
 
 
 def test_quiet_leaves_stderr_empty(folder, small_verifier, tmp_path):  # noqa: F811

@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from maskgate.data import masks
-from tests.conftest import ROOT, box_mask, jpeg_bytes, make_row, project_params, save_tiny_verifier
+from tests.conftest import ROOT, box_mask, jpeg_bytes, make_row, project_params
+from tests.test_gate import small_verifier  # noqa: F401  (fixture)
 
 H, W = 40, 60
 CAP = 3 << 30  # bytes of data segment the command may use: a run-away allocation fails instead of swapping
@@ -174,15 +175,6 @@ manifests = st.lists(st.one_of(good_lines, bad_lines), min_size=40, max_size=80)
     lambda drawn: st.permutations(drawn + [("bad", t.encode()) for t in TRICKS]))
 
 
-@pytest.fixture(scope="module")
-def fuzz_verifier(tmp_path_factory, tiny_qwen3vl_dir):
-    """An untrained tiny verifier at render.size 32 (one image token): cheap to score."""
-    params = project_params()
-    params["render"]["size"] = 32
-    out, _ = save_tiny_verifier(tmp_path_factory.mktemp("fuzz") / "verifier", tiny_qwen3vl_dir, params, max_length=256)
-    return out
-
-
 def photo_folder(folder):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sub").mkdir(exist_ok=True)
@@ -196,11 +188,11 @@ def photo_folder(folder):
 
 @RUNS
 @given(lines=manifests)
-def test_no_manifest_line_kills_the_gate(tmp_path_factory, fuzz_verifier, lines):
+def test_no_manifest_line_kills_the_gate(tmp_path_factory, small_verifier, lines):
     work = photo_folder(tmp_path_factory.mktemp("manifest"))
     (work / "manifest.jsonl").write_bytes(b"".join(text + b"\n" for _, text in lines))
     params = params_file(work / "params.yaml")
-    p = run_capped([sys.executable, "-m", "maskgate", "verify", work / "manifest.jsonl", "--model", fuzz_verifier,
+    p = run_capped([sys.executable, "-m", "maskgate", "verify", work / "manifest.jsonl", "--model", small_verifier,
                     "--threshold", "0.5", "--out", work / "out", "--device", "cpu", "--quiet", "--params", params,
                     "--batch-size", "8"], work)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -108,33 +108,24 @@ def read_rows_file(path: Path, max_line_bytes: int | None = None) -> Iterator[di
             raise ValueError(f"{path}: a .json rows file must hold a list of rows")
         yield from data
         return
-    with path.open("rb") as f:
-        lineno = 0
-        while True:
-            line = f.readline() if max_line_bytes is None else f.readline(max_line_bytes + 2)  # + "\r\n"
-            if not line:
-                return
-            lineno += 1
-            where = f"{path.name}:{lineno}"
-            if max_line_bytes is not None and not line.endswith(b"\n") and len(line.rstrip(b"\r\n")) > max_line_bytes:
-                size = len(line)
-                while not line.endswith(b"\n"):  # the rest of the line, in pieces
-                    line = f.readline(1 << 20)
-                    if not line:
-                        break
-                    size += len(line.rstrip(b"\r\n"))
-                yield RawError(where, "over_limit", f"the line is {size} bytes > limits.max_line_bytes = {max_line_bytes}")
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                yield RawError(where, "not_utf8", str(e))
-            except json.JSONDecodeError as e:
-                yield RawError(where, "bad_json", str(e))
-            except (ValueError, RecursionError) as e:  # an int of over 4300 digits, arrays nested too deep
-                yield RawError(where, "bad_json", f"{type(e).__name__}: {e}")
+    from maskgate.utils.lines import read_lines
+
+    for line in read_lines(path, max_line_bytes):
+        where = f"{path.name}:{line.number}"
+        if line.overlong:
+            yield RawError(where, "over_limit",
+                           f"the line is {line.size} bytes > limits.max_line_bytes = {max_line_bytes}")
+            continue
+        if not line.body.strip():
+            continue
+        try:
+            yield json.loads(line.body.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            yield RawError(where, "not_utf8", str(e))
+        except json.JSONDecodeError as e:
+            yield RawError(where, "bad_json", str(e))
+        except (ValueError, RecursionError) as e:  # an int of over 4300 digits, arrays nested too deep
+            yield RawError(where, "bad_json", f"{type(e).__name__}: {e}")
 
 
 def local_rows_files(root: Path) -> list[Path]:
