@@ -233,6 +233,14 @@ def test_stage_output_and_report(tmp_path, boxes_dataset, params):
     assert (off["hard_slots"]["train"], off["easy_fill_share"]["train"]) == (20, 0.5)
     assert on["easy_fill_share"]["train"] == 0.0 and on["kinds"]["train"]["pool_other"] > 0
     assert on["kinds"]["train"]["pool_swap"] > 0 and "pool_swap" in on["refused_iou"]["train"]
+    # build streams the examples into the file (never holding a split's list): the same rows make_examples gives
+    import pyarrow.parquet as pq
+
+    from maskgate.data.prepared import read_rows
+
+    for split in ("train", "val"):
+        expected, _ = negatives.make_examples(read_rows(tmp_path / "prepared", split), s.negatives, 0)
+        assert pq.read_table(tmp_path / "a" / f"{split}.parquet").to_pylist() == expected
 
     on = dataclasses.replace(s.negatives, missing_instance=1, extra_instance=1, pool_hard=True)
     report, files = stage_outputs(tmp_path / "prepared", tmp_path / "c", on)

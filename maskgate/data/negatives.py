@@ -247,18 +247,24 @@ def instance_options(row: dict, right: Candidate, pool: dict[str, list[Candidate
             for m, c in sources.items()]
 
 
-def make_examples(rows: list[dict], cfg: Negatives, seed: int, progress=None) -> tuple[list[dict], Counter]:
-    """All examples of one split, in row order, and the counts for the report."""
+def iter_examples(rows: list[dict], cfg: Negatives, seed: int, counts: Counter, progress=None):
+    """The examples of one split, row by row in row order (each row's list); `counts` filled as they go.
+
+    The rows and their candidate groups stay in memory (an easy negative may come from any image), but
+    the examples, several per row with their masks, are handed on as they are made and never held."""
     pool = candidates_by_image(rows)
     images = sorted(pool)
-    counts: Counter = Counter()
-    out = []
     position = {img: i for i, img in enumerate(images)}
     for row in rows:
-        out += negatives_for_row(row, pool, images, cfg, seed, counts, position)
+        yield negatives_for_row(row, pool, images, cfg, seed, counts, position)
         if progress is not None:
             progress.update(1)
-    return out, counts
+
+
+def make_examples(rows: list[dict], cfg: Negatives, seed: int, progress=None) -> tuple[list[dict], Counter]:
+    """All examples of one split, in row order, and the counts for the report."""
+    counts: Counter = Counter()
+    return [e for made in iter_examples(rows, cfg, seed, counts, progress) for e in made], counts
 
 
 EXAMPLE_SCHEMA = pa.schema([
@@ -277,11 +283,17 @@ def build(prepared: Path, out_dir: Path, cfg: Negatives, seed: int) -> dict:
     with tables.atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             rows = read_rows(prepared, split)
+            counts, kinds = Counter(), Counter()
+
+            def streamed():
+                for made in iter_examples(rows, cfg, seed, counts, progress=bar):
+                    kinds.update(e["kind"] for e in made)
+                    yield from made
+
             with tqdm(total=len(rows), desc=f"negatives: {split}", unit="row") as bar:
-                examples, counts = make_examples(rows, cfg, seed, progress=bar)
-            tables.write_table(examples, tmp / f"{split}.parquet", EXAMPLE_SCHEMA)
-            report["examples"][split] = len(examples)
-            report["kinds"][split] = dict(sorted(Counter(e["kind"] for e in examples).items()))
+                n = tables.write_records(streamed(), tmp / f"{split}.parquet", EXAMPLE_SCHEMA)
+            report["examples"][split] = n
+            report["kinds"][split] = dict(sorted(kinds.items()))
             report["refused_iou"][split] = {k: counts[f"refused_iou_{k}"] for k in ("hard", "easy")}
             if cfg.pool_hard:
                 report["refused_iou"][split].update((k, counts[f"refused_iou_{k}"]) for k in POOL_KINDS)

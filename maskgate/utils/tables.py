@@ -65,6 +65,21 @@ def write_table(records: list[dict], path: Path, schema: pa.Schema) -> None:
     pq.write_table(pa.Table.from_pylist(records, schema=schema), path, row_group_size=ROW_GROUP)
 
 
+def write_records(records: Iterable[dict], path: Path, schema: pa.Schema) -> int:
+    """write_table for records made one by one: ROW_GROUP of them in memory at a time; how many were written."""
+    n, buffer = 0, []
+    with pq.ParquetWriter(path, schema) as writer:
+        for record in records:
+            buffer.append(record)
+            if len(buffer) == ROW_GROUP:
+                writer.write_table(pa.Table.from_pylist(buffer, schema=schema))
+                n, buffer = n + len(buffer), []
+        if buffer or not n:  # an empty split still gets a file with its schema
+            writer.write_table(pa.Table.from_pylist(buffer, schema=schema))
+            n += len(buffer)
+    return n
+
+
 class ShardWriter:
     """Writes records into `{prefix}-00000.parquet`, `-00001`, ... of `shard_size` records each,
     in row groups of `row_group` records (the unit `RowGroups` reads for one row)."""
