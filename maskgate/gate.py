@@ -456,10 +456,6 @@ def route(lines, done: dict[int, str], out_dir: Path, threshold: float,
     return summary
 
 
-def write_jsonl(records: list[dict], path: Path) -> None:
-    write_jsonl_text([json.dumps(r, sort_keys=True, default=str) for r in records], path)
-
-
 def write_jsonl_text(lines: list[str], path: Path) -> None:
     with tables.atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.writelines(text + "\n" for text in lines)
