@@ -184,7 +184,7 @@ def pool_of(pool: list, in_groups: dict, height: int, width: int, policy: str, s
         try:
             own = Counter()
             counts = _rle_of(pool, i, height, width, policy, own, limits)
-            if not masks.decode(counts, height, width, check=False).any():
+            if not masks.covers_any([counts], height, width):
                 raise BadRow("empty_mask", f"mask {i} covers no pixel")
         except BadRow as e:
             pool_skips["counts"][e.reason] += 1
