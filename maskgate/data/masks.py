@@ -6,12 +6,14 @@ own image. A group is a list of masks; comparisons between groups use the union 
 from __future__ import annotations
 
 import math
-import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+from maskgate.utils.images import ImageTooLarge, open_bounded
 
 if TYPE_CHECKING:
     from maskgate.config import Limits
@@ -204,8 +206,6 @@ def from_spec(spec, height: int, width: int, base_dir, limits: "Limits") -> str:
             raise BadMask("RLE counts must be a string (compressed) or a list of integers")
         return encode(rescaled(decode(counts, h, w), height, width, "RLE mask"))
     if isinstance(spec, str):
-        from pathlib import Path
-
         path = Path(base_dir) / spec
         try:
             found = path.is_file()
@@ -223,16 +223,10 @@ def from_spec(spec, height: int, width: int, base_dir, limits: "Limits") -> str:
 def read_mask_image(path, name: str, limits: "Limits") -> np.ndarray:
     """A mask image as a bool array (non-zero = inside), its header size checked before it is decoded."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:  # lazy: reads the header only
-                check_pixels(img.height, img.width, limits.max_mask_pixels, "max_mask_pixels", f"mask image {name}")
-                return np.asarray(img.convert("L")) > 0
-    except OverLimit:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise OverLimit(f"mask image {name}: PIL refuses it as a decompression bomb ({e}); limits.max_mask_pixels = "
-                        f"{limits.max_mask_pixels} does not lift PIL's own limit") from None
+        with open_bounded(path, limits.max_mask_pixels, "max_mask_pixels") as img:
+            return np.asarray(img.convert("L")) > 0
+    except ImageTooLarge as e:
+        raise OverLimit(f"mask image {name}: {e}") from None
     except Exception as e:  # PIL raises many types for broken files
         raise BadMask(f"mask image {name} does not decode: {type(e).__name__}: {e}") from None
 
