@@ -463,17 +463,22 @@ class ReviewCoco:
                 ann["score"] = scores[k]  # the segmenter's own confidence, where it gave one
             self.f.write(("" if self.annotations == 1 else ", ") + json.dumps(ann))
 
+    @property
+    def groups(self) -> int:
+        """Needs-review groups written as annotations: the records less the bad lines and the left out."""
+        return self.records - self.bad_lines - len(self.left_out)
+
     def rest(self) -> dict:
         """Everything but the annotations, written after them."""
         info = {"description": "maskgate needs_review: candidate groups under the gate's threshold, "
                                "one annotation per mask (attributes: p_accept, decision, group, query)",
-                "threshold": self.threshold, "groups": self.records - self.bad_lines - len(self.left_out),
+                "threshold": self.threshold, "groups": self.groups,
                 "bad_lines_not_here": self.bad_lines, "left_out": self.left_out}
         return {"info": info, "licenses": [], "images": list(self.images.values()),
                 "categories": list(self.categories.values())}
 
     def counts(self) -> dict:
-        return {"groups": self.records - self.bad_lines - len(self.left_out), "annotations": self.annotations,
+        return {"groups": self.groups, "annotations": self.annotations,
                 "images": len(self.images), "bad_lines_not_here": self.bad_lines, "left_out": len(self.left_out)}
 
 
