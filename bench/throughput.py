@@ -76,18 +76,18 @@ sys.path.insert(0, str(ROOT))
 from maskgate import config  # noqa: E402  (pydantic and yaml only: nothing that imports transformers)
 
 
-def train_cfg(backend="hf", mb=16, gc=True, workers=0, four_bit=False, bv=False) -> dict:
+def train_cfg(backend="hf", mb=16, gc=True, workers=0, four_bit=False, bv=False, cv=False) -> dict:
     """A training configuration: its keys of params.yaml's `train` section (mb "auto": train.micro_batch_size auto)."""
     return {"kind": "train", "backend": backend, "micro_batch_size": mb, "train": {
         "backend": backend, "gradient_checkpointing": gc, "dataloader_workers": workers, "load_in_4bit": four_bit,
-        "batched_vision": bv}}
+        "batched_vision": bv, "compile_vision": cv}}
 
 
-def score_cfg(batch=32, workers=0, merge=False, compile_=False, bv=False, prefetch=False, cv=False) -> dict:
+def score_cfg(batch=32, workers=0, merge=False, compile_=False, bv=False, prefetch=False, cv=False, overlap=False) -> dict:
     """A scoring configuration: its keys of params.yaml's `evaluate` section (speedups.Scoring's, less the batch)."""
     return {"kind": "score", "batch_size": batch, "evaluate": {
         "workers": workers, "prefetch": prefetch, "merge_adapter": merge, "compile": compile_, "batched_vision": bv,
-        "compile_vision": cv}}
+        "compile_vision": cv, "overlap": overlap}}
 
 
 AUTO_EFFECTIVE = 64  # train.batch_size of the micro-batch-auto configurations (accumulation makes it up)
@@ -103,6 +103,8 @@ CONFIGS = {
     "unsloth16-nogc-bv-b16": train_cfg("unsloth", 16, gc=False, bv=True),
     "unsloth16-nogc-bv-w4-b16": train_cfg("unsloth", 16, gc=False, workers=4, bv=True),
     "unsloth16-nogc-bv-w4-auto": train_cfg("unsloth", "auto", gc=False, workers=4, bv=True),
+    "unsloth16-nogc-bv-cv-w4-auto": train_cfg("unsloth", "auto", gc=False, workers=4, bv=True, cv=True),
+    "unsloth16-nogc-bv-cv-w4-b16": train_cfg("unsloth", 16, gc=False, workers=4, bv=True, cv=True),
     "ref-score-b32": score_cfg(32),
     "hf-w4-gc-b32": train_cfg("hf", 32, gc=True, workers=4),
     "hf-w4-nogc-b8": train_cfg("hf", 8, gc=False, workers=4),
@@ -117,6 +119,8 @@ CONFIGS = {
     "score-merge-compile-bv-pf-auto": score_cfg("auto", merge=True, compile_=True, bv=True, prefetch=True),
     "score-merge-compile-bv-cv-pf-b64": score_cfg(64, merge=True, compile_=True, bv=True, prefetch=True, cv=True),
     "score-merge-compile-bv-cv-pf-auto": score_cfg("auto", merge=True, compile_=True, bv=True, prefetch=True, cv=True),
+    "score-merge-compile-bv-cv-pf-ov-b64": score_cfg(64, merge=True, compile_=True, bv=True, prefetch=True, cv=True,
+                                                     overlap=True),
 }
 SMOKE_CONFIGS = ["ref-hf-gc-b16", "ref-unsloth4-b32", "ref-score-b32", "hf-w4-nogc-b8", "score-w4-merge-b32",
                  "score-w6-merge-compile-b64"]
@@ -298,9 +302,18 @@ def worker_train(args, spec) -> dict:
 
     from maskgate.model.train import TrainJob, train
 
-    marks, losses = {}, []
+    marks, losses, vision_autograd = {}, [], set()
 
     class Timer(TrainerCallback):
+        def on_train_begin(self, a, state, control, model=None, **kw):
+            # whether the frozen vision tower's outputs are recorded for autograd (backward would run through it)
+            def seen(module, args, out):
+                vision_autograd.add(bool(out.pooler_output.requires_grad))
+
+            for m in model.modules():
+                if type(m).__name__ == "Qwen3VLVisionModel":
+                    m.register_forward_hook(seen)
+
         def on_step_begin(self, a, state, control, **kw):
             if state.global_step == warmup:
                 sync()
@@ -325,7 +338,8 @@ def worker_train(args, spec) -> dict:
             "micro_batch": summary["batch"]["micro"],
             "loss_steps": losses, "loss_measured_mean": sum(measured) / len(measured) if measured else None,
             "loss_first": losses[0]["loss"] if losses else None, "peak_gib": peak_gib(),
-            "trainable_params": summary["params"]["trainable"], "cuda": torch.cuda.is_available()}
+            "trainable_params": summary["params"]["trainable"], "cuda": torch.cuda.is_available(),
+            "vision_autograd": sorted(vision_autograd)}
 
 
 def worker_score(args, spec) -> dict:
@@ -365,14 +379,51 @@ def worker_score(args, spec) -> dict:
     t = time.perf_counter()
     bs = speedups.batch_size(model, processor, prompt, s.render.size, seq, scoring, "bench")  # auto: the probe
     probe_s = time.perf_counter() - t
-    kw = {"workers": scoring.workers, "prefetch": scoring.prefetch}
+    kw = {"workers": scoring.workers, "prefetch": scoring.prefetch, "overlap": scoring.overlap}
     score(model, processor, prompt, warm, seq, bs, desc="warm-up", **kw)
     sync()
     t = time.perf_counter()
     p = score(model, processor, prompt, measured, seq, bs, desc="measured", **kw)
     sync()
-    return {"seconds": time.perf_counter() - t, "examples": len(measured), "p_accept": [float(x) for x in p],
-            "peak_gib": peak_gib(), "cuda": cuda, "batch_used": bs, "probe_s": round(probe_s, 1)}
+    seconds = time.perf_counter() - t
+    profiled = None
+    if spec.get("profile") and cuda:
+        try:  # the measurement above is kept whatever happens here
+            profiled = profile_scoring(lambda: score(model, processor, prompt, warm[: spec["profile"] * bs], seq, bs,
+                                                     desc="profiled", **kw))
+        except Exception as e:
+            profiled = {"error": f"{type(e).__name__}: {e}"}
+    return {"seconds": seconds, "examples": len(measured), "p_accept": [float(x) for x in p],
+            "peak_gib": peak_gib(), "cuda": cuda, "batch_used": bs, "probe_s": round(probe_s, 1), "profile": profiled}
+
+
+def profile_scoring(run) -> dict:
+    """Where the GPU's time goes while `run` scores a few batches: its busy share of the wall time, top kernels.
+
+    busy = the union of the CUDA kernels' intervals (any stream) over the wall time of the run: what is left
+    is the GPU waiting for the CPU (syncs, launches, copies in series), the part overlap and graphs can remove.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run()
+        sync()
+    wall = time.perf_counter() - t
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                     if e.device_type.name == "CUDA" and e.time_range.end > e.time_range.start)
+    busy, end = 0.0, None
+    for start, stop in kernels:  # microseconds; merge overlapping intervals
+        if end is None or start > end:
+            busy, end = busy + (stop - start), stop
+        elif stop > end:
+            busy, end = busy + (stop - end), stop
+    top = sorted((e for e in prof.key_averages() if e.self_device_time_total > 0),
+                 key=lambda e: e.self_device_time_total, reverse=True)[:12]
+    return {"wall_s": round(wall, 3), "gpu_busy_s": round(busy / 1e6, 3), "gpu_busy_share": round(busy / 1e6 / wall, 3),
+            "top": [{"name": e.key[:90], "gpu_s": round(e.self_device_time_total / 1e6, 4), "calls": e.count}
+                    for e in top]}
 
 
 WORKERS = {"matmul": worker_matmul, "build": worker_build, "train": worker_train, "score": worker_score}
@@ -435,7 +486,7 @@ def measure(args, name: str, cfg: dict, base: dict, rows: list[dict], facts: dic
     shutil.rmtree(args.work / name, ignore_errors=True)  # checkpoints of an earlier run would be resumed from
     spec = {"kind": cfg["kind"], "params": params, "warmup": args.warmup, "steps": args.steps, "batch": batch,
             "rendered": str(rendered), "model_dir": str(model_dir), "work": str(args.work / name),
-            "examples": args.score_examples, "warmup_examples": args.score_warmup}
+            "examples": args.score_examples, "warmup_examples": args.score_warmup, "profile": args.profile}
     out = run_worker(args, name, spec, timeout)
     used = out.get("micro_batch") if cfg["kind"] == "train" else out.get("batch_used")
     out.update(kind=cfg["kind"], batch=(f"a{used}" if used else "auto") if batch == "auto" else batch,
@@ -524,6 +575,8 @@ def main() -> int:
     ap.add_argument("--budget", type=int, default=0,
                     help="seconds for the whole command (0 = no limit): a configuration gets at most what is left, "
                          "less 20 s to print the table, and none is started with under 60 s left")
+    ap.add_argument("--profile", type=int, default=0,
+                    help="scoring: after timing, profile this many batches (GPU busy share, top kernels; CUDA only)")
     ap.add_argument("--smoke", action="store_true", help="CPU check: tiny preset, 64 px, batch 2, 2 steps")
     ap.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -592,7 +645,14 @@ def main() -> int:
         with jsonl.open("a") as f:  # as each one ends: a run killed later keeps what it measured
             f.write(json.dumps({**r, "matmul": rate, "command": " ".join(sys.argv)}) + "\n")
         print(f"{name}: {r['status']}, {fmt(r.get('examples_per_s'), '.2f')} examples/s, peak "
-              f"{fmt(r.get('peak_gib'), '.1f')} GiB, wall {r.get('wall_s', '-')} s", flush=True)
+              f"{fmt(r.get('peak_gib'), '.1f')} GiB, wall {r.get('wall_s', '-')} s"
+              + (f", vision recorded for autograd: {r['vision_autograd']}" if "vision_autograd" in r else ""), flush=True)
+        if r.get("profile") and "error" in r["profile"]:
+            print(f"  profile failed: {r['profile']['error']}", flush=True)
+        elif r.get("profile"):
+            pr = r["profile"]
+            print(f"  profile: GPU busy {pr['gpu_busy_s']} s of {pr['wall_s']} s ({pr['gpu_busy_share']:.1%}); top: "
+                  + "; ".join(f"{k['name'][:50]} {k['gpu_s']} s x{k['calls']}" for k in pr["top"][:6]), flush=True)
     compare(results)
     for name, r in results.items():  # the JSONs again, now with the comparisons against the references
         if "examples_per_s" in r:

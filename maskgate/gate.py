@@ -233,6 +233,12 @@ class Gate:
         self.model = speedups.for_scoring(self.model, scoring, "gate", print_fn)
         self.batch_size = speedups.batch_size(self.model, self.processor, self.prompt, manifest["render"].size,
                                               self.max_length, scoring, "gate", print_fn)
+        # overlap: run draws the next batch's lines while the GPU scores this one (scoring.Overlap)
+        self.overlap = None
+        if scoring.overlap:
+            from maskgate.model.scoring import Overlap
+
+            self.overlap = Overlap(self.model)
 
     def example(self, c: Candidate, picture: bytes | None = None):
         """The model's input for a candidate: its overlay decoded as train and evaluate decode theirs.
@@ -258,11 +264,14 @@ class Gate:
         progress bar: run's bar counts lines, and one candidate from the command line is one batch.
         (The model is in eval mode from load_verifier and never leaves it here.)
         """
-        from maskgate.model.scoring import score_batch
-
         return [float(v) for start in range(0, len(examples), batch_size)
-                for v in score_batch(self.model, self.processor, self.prompt, examples[start:start + batch_size],
-                                     self.max_length)]
+                for v in self.launch(examples[start:start + batch_size]).get()]
+
+    def launch(self, examples: list):
+        """One batch of examples queued on the model: scoring.Scores, whose get() waits for them."""
+        from maskgate.model.scoring import launch_batch
+
+        return launch_batch(self.model, self.processor, self.prompt, examples, self.max_length, self.overlap)
 
 
 def read_log(path: Path) -> dict[int, str]:
@@ -342,17 +351,27 @@ def run(manifest: Path, out_dir: Path, gate: Gate, threshold: float, threshold_s
     base_dir = manifest.parent
     # (the line's log record so far, its Example, its overlay JPEG): one batch of pictures at most
     pending: list[tuple[dict, object, bytes]] = []
+    # with gate.overlap, the batch the GPU is scoring while the next one is drawn: (its pending, its Scores)
+    queued: list[tuple[list, object]] = []
     with open(log_path, "a", encoding="utf-8") as log, tqdm(
         total=total, initial=total - todo, desc="gate", unit="line", disable=not progress
     ) as bar:
-        def flush():
-            p = gate.score([ex for _, ex, _ in pending], batch_size)
-            for (record, _, picture), v in zip(pending, p):
+        def write(items, scores):
+            p = [float(v) for v in scores.get()]
+            for (record, _, picture), v in zip(items, p):
                 if not decide(v, threshold):  # keep the very picture scored, for review.html
                     review.write_overlay(out_dir, record["line"], record["key"], picture)
-            append(log, [{**record, "p_accept": v} for (record, _, _), v in zip(pending, p)])
-            bar.update(len(pending))
+            append(log, [{**record, "p_accept": v} for (record, _, _), v in zip(items, p)])
+            bar.update(len(items))
+
+        def flush():  # pending holds one batch at most
+            launched = (list(pending), gate.launch([ex for _, ex, _ in pending]))
             pending.clear()
+            if queued:  # the batch before: done, or nearly, now that this one is queued behind it
+                write(*queued.pop())
+            queued.append(launched)
+            if gate.overlap is None:
+                write(*queued.pop())
 
         for number, text in lines():
             if number in done:
@@ -362,6 +381,8 @@ def run(manifest: Path, out_dir: Path, gate: Gate, threshold: float, threshold_s
                 picture = overlay(c, gate.style)
                 ex = gate.example(c, picture)
             except BadLine as e:
+                if queued:  # the log keeps line order whatever the overlap: the batch before goes first
+                    write(*queued.pop())
                 append(log, [error_record(number, text, e)])
                 bar.update(1)
                 continue
@@ -370,6 +391,8 @@ def run(manifest: Path, out_dir: Path, gate: Gate, threshold: float, threshold_s
                 flush()
         if pending:
             flush()
+        if queued:
+            write(*queued.pop())
     del done
 
     def redraw(number: int, text: str) -> bytes:

@@ -1,4 +1,5 @@
 """The gate (`maskgate verify`): manifest forms, bad lines, routing, resume, and render-identical overlays."""
+import dataclasses
 import io
 import json
 import os
@@ -300,3 +301,18 @@ def test_gate_scores_as_evaluate_does_with_the_speed_settings(tmp_path, small_ve
     a, b = ([json.loads(t)["p_accept"] for t in (tmp_path / d / gate.RESULTS).read_text().splitlines()]
             for d in ("plain", "fast"))
     assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_overlap_draws_ahead_and_logs_the_same_scores_in_order(tmp_path, small_verifier, loaded_gate):
+    """evaluate.overlap in the gate: each batch is scored while the next is drawn; the log and outputs are the same."""
+    lines = [good(i, query="the box" + " big" * i) for i in range(7)] + ["{not json"]
+    manifest = write_manifest(tmp_path / "in", lines)
+    plain = gate.run(manifest, tmp_path / "plain", loaded_gate, 0.5, "given", batch_size=3, progress=False)
+    ahead = gate.Gate(small_verifier, device="cpu", scoring=dataclasses.replace(gate.PLAIN, overlap=True))
+    assert ahead.overlap is not None and loaded_gate.overlap is None
+    fast = gate.run(manifest, tmp_path / "fast", ahead, 0.5, "given", batch_size=3, progress=False)
+    assert plain == fast
+    for name in (gate.SCORES, gate.RESULTS):  # every score to the bit, in line order
+        assert (tmp_path / "fast" / name).read_text() == (tmp_path / "plain" / name).read_text()
+    scores = [json.loads(t) for t in (tmp_path / "fast" / gate.SCORES).read_text().splitlines()]
+    assert sorted(r["line"] for r in scores) == list(range(1, 9)) and len({r.get("p_accept") for r in scores}) == 8

@@ -126,3 +126,23 @@ def test_prefetched_batches_score_the_same_in_order(spread_tiny, verifier_prompt
     assert (plain == ahead).all() and len(set(plain.tolist())) == 7
     sizes = [len(b["input_ids"]) for b in batches(processor, verifier_prompt, examples, 10_000, 3, prefetch=True)]
     assert sizes == [3, 3, 1]
+
+
+def test_overlap_scores_the_same_and_makes_the_models_position_ids(spread_tiny, verifier_prompt):
+    """evaluate.overlap: position ids made with the batch are the model's own; the scores are the same, in order."""
+    from maskgate.model.scoring import Overlap, batches
+
+    model, processor = spread_tiny
+    examples = [Example(noise_image(32 + 32 * (i % 2), seed=i), "thing" + " big" * i) for i in range(7)]
+    plain = score(model, processor, verifier_prompt, examples, 10_000, batch_size=3)
+    for how in ({}, {"prefetch": True}, {"workers": 2}):
+        over = score(model, processor, verifier_prompt, examples, 10_000, batch_size=3, overlap=True, **how)
+        assert (over == plain).all(), how
+    assert len(set(plain.tolist())) == 7
+    # the ids the model would compute inside its forward, from a left-padded batch of two image sizes
+    batch = next(batches(processor, verifier_prompt, examples, 10_000, 4, overlap=Overlap(model)))
+    inner = model.model
+    inner.rope_deltas = None
+    own, _ = inner.get_rope_index(batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+                                  image_grid_thw=batch["image_grid_thw"], attention_mask=batch["attention_mask"])
+    assert torch.equal(batch["position_ids"], own) and (batch["attention_mask"] == 0).any()  # padding was there

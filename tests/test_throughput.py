@@ -87,9 +87,10 @@ def test_scoring_settings_are_the_evaluate_section(params):
     from maskgate import config
 
     params["evaluate"].update(batch_size=4, workers=2, prefetch=False, merge_adapter=False, compile=True,
-                              batched_vision=True, compile_vision=False)
+                              batched_vision=True, compile_vision=False, overlap=True)
     scoring = speedups.Scoring.of(config.from_dict(params).evaluate)
-    assert scoring == speedups.Scoring(batch_size=4, workers=2, prefetch=False, merge_adapter=False, compile=True, batched_vision=True, compile_vision=False)
+    assert scoring == speedups.Scoring(batch_size=4, workers=2, prefetch=False, merge_adapter=False, compile=True,
+                                       batched_vision=True, compile_vision=False, overlap=True)
     params["evaluate"]["workers"] = -1
     with pytest.raises(config.ParamsError, match="evaluate.workers"):
         config.from_dict(params)
@@ -140,7 +141,8 @@ def test_throughput_bench_smoke(tmp_path):
     assert train["mfu"] > 0 and train["hfu"] > train["mfu"]  # checkpointing recomputes
     ref, fast = (json.loads((out / f"{n}.json").read_text()) for n in ("ref-score-b32", "score-w4-merge-b32"))
     # the same adapter (B drawn non-zero) merged, batches from 2 worker processes: P(ACCEPT) equal to fp32 rounding
-    assert fast["status"] == "ok" and fast["settings"] == {"workers": 2, "prefetch": False, "merge_adapter": True, "compile": False, "batched_vision": False, "compile_vision": False}
+    assert fast["status"] == "ok" and fast["settings"] == {"workers": 2, "prefetch": False, "merge_adapter": True, "compile": False,
+                                                    "batched_vision": False, "compile_vision": False, "overlap": False}
     assert len(ref["p_accept"]) == len(fast["p_accept"]) == 4 and fast["max_dp_vs_ref"] < 1e-4
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert {x["name"]: x["status"] for x in lines}["ref-unsloth4-b32"].startswith("skipped")

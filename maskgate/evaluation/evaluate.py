@@ -35,7 +35,7 @@ CHUNK = 512  # examples decoded at a time; bounds memory on a large validation s
 
 
 def score_split(model, processor, prompt: Prompt, rendered: Path, split: str, max_length: int,
-                batch_size: int, workers: int = 0, prefetch: bool = False) -> list[dict]:
+                batch_size: int, workers: int = 0, prefetch: bool = False, overlap: bool = False) -> list[dict]:
     """P(ACCEPT) of every example of a split, with its id, kind and label, in shard order."""
     if not tables.shard_paths(rendered, split):
         raise FileNotFoundError(f"no {split}-*.parquet shards in {rendered}; run the render stage first")
@@ -44,7 +44,7 @@ def score_split(model, processor, prompt: Prompt, rendered: Path, split: str, ma
     def flush():
         examples = [to_example(r) for r in chunk]  # the train stage's decoding; scoring ignores the answer
         p = score(model, processor, prompt, examples, max_length, batch_size, desc=f"evaluate: scoring {split}",
-                  workers=workers, prefetch=prefetch)
+                  workers=workers, prefetch=prefetch, overlap=overlap)
         out.extend({"example_id": r["example_id"], "image": r["image"], "kind": r["kind"], "label": r["label"],
                     "p_accept": float(s)} for r, s in zip(chunk, p))
         chunk.clear()
@@ -195,7 +195,7 @@ def run(cfg: Evaluate, prompt: Prompt, seed: int, rendered: Path, model_dir: Pat
     batch_size = speedups.batch_size(model, processor, prompt, manifest["render"].size, max_length, scoring,
                                      "evaluate", print_fn)
     scores = {split: score_split(model, processor, prompt, rendered, split, max_length, batch_size, cfg.workers,
-                                 cfg.prefetch)
+                                 cfg.prefetch, cfg.overlap)
               for split in ("val", "test") if split == "val" or tables.shard_paths(rendered, split)}
     breakdown, point = measure(scores["val"], cfg, seed)
     if "note" in point["chosen_on"]:

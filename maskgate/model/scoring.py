@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import BatchFeature
 
 from maskgate.model.batching import Example, answer_ids, scoring_batch
 from maskgate.prompt import Prompt
@@ -38,44 +39,133 @@ def answer_first_ids(tokenizer, prompt: Prompt) -> tuple[int, ...]:
     return ids
 
 
-@torch.inference_mode()
 def score_batch(model, processor, prompt: Prompt, examples: list[Example], max_length: int) -> np.ndarray:
     """P(ACCEPT) for one batch: one forward pass, last-position logits only. Model in eval mode."""
+    return launch_batch(model, processor, prompt, examples, max_length).get()
+
+
+def launch_batch(model, processor, prompt: Prompt, examples: list[Example], max_length: int,
+                 overlap: "Overlap | None" = None) -> "Scores":
+    """score_batch, queued: returns once the GPU has the batch's work, with a handle to its scores."""
     first_ids = list(answer_first_ids(processor.tokenizer, prompt))
-    return p_accept(model, scoring_batch(processor, prompt, examples, max_length), first_ids)
+    batch = scoring_batch(processor, prompt, examples, max_length)
+    if overlap is None:
+        return launch(model, batch.to(model.device), first_ids)
+    return launch(model, overlap.to_device(overlap.prepare(batch)), first_ids)
+
+
+def p_accept(model, batch, first_ids: list[int]) -> np.ndarray:
+    """P(ACCEPT) of a prepared scoring batch (scoring_batch's output)."""
+    return launch(model, batch.to(model.device), first_ids).get()
+
+
+class Scores:
+    """One batch's P(ACCEPT), queued on the GPU and copied back as it ends; get() waits for it alone.
+
+    The copy back is queued right behind the batch (into pinned memory, non-blocking) with an event after
+    it, so waiting for these scores does not wait for a batch queued later, as `.cpu()` then would.
+    """
+
+    def __init__(self, p: torch.Tensor):
+        self._done = None
+        if p.is_cuda:
+            p, self._done = p.to("cpu", non_blocking=True), torch.cuda.Event()
+            self._done.record()
+        self._host = p
+
+    def get(self) -> np.ndarray:
+        if self._done is not None:
+            self._done.synchronize()
+        return self._host.numpy().astype(np.float64)
 
 
 @torch.inference_mode()
-def p_accept(model, batch, first_ids: list[int]) -> np.ndarray:
-    """P(ACCEPT) of a prepared scoring batch (scoring_batch's output)."""
-    batch = batch.to(model.device)
+def launch(model, batch, first_ids: list[int]) -> Scores:
+    """Queue one forward pass of a batch already on the model's device; its Scores."""
     logits = model(**batch, logits_to_keep=1, use_cache=False).logits[:, -1, first_ids]
-    return torch.softmax(logits.float(), dim=-1)[:, 0].cpu().numpy().astype(np.float64)
+    return Scores(torch.softmax(logits.float(), dim=-1)[:, 0])
+
+
+class RopeIndex:
+    """The language model's 3-D rotary position ids of a batch, by the library's own Qwen3VLModel.get_rope_index.
+
+    The model computes them at the start of each forward, on the GPU, in a Python loop over the rows with a
+    GPU-to-CPU read in each (the GPU idles meanwhile); here they are made with the batch, on the CPU, ahead.
+    Only the config is kept (get_rope_index reads nothing else of the model), so this pickles for workers.
+    """
+
+    def __init__(self, model):
+        inner = next((m for m in model.modules() if type(m).__name__ == "Qwen3VLModel"), None)
+        if inner is None:
+            raise ValueError("overlap: found no Qwen3VLModel in the model")
+        self.config, self._cls = inner.config, type(inner)
+
+    def get_vision_position_ids(self, *args, **kwargs):
+        return self._cls.get_vision_position_ids(self, *args, **kwargs)
+
+    def __call__(self, batch) -> torch.Tensor:
+        position_ids, _ = self._cls.get_rope_index(
+            self, batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+            image_grid_thw=batch["image_grid_thw"], attention_mask=batch["attention_mask"])
+        return position_ids
+
+
+class Overlap:
+    """evaluate.overlap: the GPU never waits for the CPU between batches; the scores are the same.
+
+    Each batch comes with its position ids (RopeIndex) and in pinned memory, is copied to the GPU on a side
+    stream while the batch before still runs, and its scores are read back only after the next batch is
+    queued: the per-batch wait for the scores, the pageable copy and the rope-index loop leave the GPU's path.
+    """
+
+    def __init__(self, model):
+        self.rope = RopeIndex(model)
+        self.device = model.device
+        self.cuda = torch.device(self.device).type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+
+    def prepare(self, batch, pin: bool = True):
+        """On the CPU (a thread or a worker): the position ids added; pinned (not in a worker: pinning is per process)."""
+        batch["position_ids"] = self.rope(batch)
+        return BatchFeature({k: v.pin_memory() for k, v in batch.items()}) if pin and self.cuda else batch
+
+    def to_device(self, batch):
+        """The batch on the GPU, copied on the side stream; the current stream waits for the copy, not the CPU."""
+        if not self.cuda:
+            return batch.to(self.device)
+        with torch.cuda.stream(self.stream):
+            moved = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        current = torch.cuda.current_stream(self.device)
+        current.wait_stream(self.stream)
+        for v in moved.values():  # the copies' memory belongs to the stream that uses it from now on
+            v.record_stream(current)
+        return moved
 
 
 def batches(processor, prompt: Prompt, examples: list[Example], max_length: int, batch_size: int, workers: int = 0,
-            prefetch: bool = False):
+            prefetch: bool = False, overlap: Overlap | None = None):
     """scoring_batch of each run of batch_size examples, in order.
 
     Image preprocessing and tokenising take about 5 ms per 672 px example on a CPU core (0.31 s per
     batch of 64 on the H200 machine), in series with the GPU unless made ahead:
     workers > 0: by that many DataLoader worker processes; prefetch (workers 0): the next batch in a
     thread while the caller runs this one (the processor's work is mostly numpy and torch, which let
-    the thread run beside the GPU's launches).
+    the thread run beside the GPU's launches). overlap: each batch also gets Overlap.prepare there.
     """
     starts = range(0, len(examples), batch_size)
 
     def make(start):
-        return scoring_batch(processor, prompt, examples[start : start + batch_size], max_length)
+        batch = scoring_batch(processor, prompt, examples[start : start + batch_size], max_length)
+        return overlap.prepare(batch) if overlap else batch
 
     if workers > 0:
         from functools import partial
 
         from torch.utils.data import DataLoader
 
-        collate = partial(scoring_batch, processor, prompt, max_length=max_length)
+        collate = partial(_worker_batch, processor, prompt, max_length=max_length, overlap=overlap)
         yield from DataLoader(examples, batch_size=batch_size, shuffle=False, num_workers=workers,
-                              collate_fn=collate, prefetch_factor=2)
+                              collate_fn=collate, prefetch_factor=2, pin_memory=bool(overlap and overlap.cuda))
     elif prefetch and len(starts) > 1:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -90,23 +180,37 @@ def batches(processor, prompt: Prompt, examples: list[Example], max_length: int,
             yield make(start)
 
 
+def _worker_batch(processor, prompt: Prompt, examples: list[Example], max_length: int, overlap: Overlap | None):
+    batch = scoring_batch(processor, prompt, examples, max_length)
+    return overlap.prepare(batch, pin=False) if overlap else batch  # the DataLoader pins it in this process
+
+
 def score(
     model, processor, prompt: Prompt, examples: list[Example], max_length: int, batch_size: int = 8, desc: str = "scoring",
-    workers: int = 0, prefetch: bool = False,
+    workers: int = 0, prefetch: bool = False, overlap: bool = False,
 ) -> np.ndarray:
     """P(ACCEPT) for every example, in order, as float64; the model is put back in its prior mode.
 
     workers, prefetch: how batches are prepared ahead of the GPU (see `batches`); neither = in turn.
+    overlap: no wait for the GPU between batches (`Overlap`); the same scores.
     """
     first_ids = list(answer_first_ids(processor.tokenizer, prompt))  # fail before the first batch, not inside it
+    staging = Overlap(model) if overlap else None
     was_training = model.training
     model.eval()
+    parts, queued = [], None
     try:
-        parts = [
-            p_accept(model, batch, first_ids)
-            for batch in tqdm(batches(processor, prompt, examples, max_length, batch_size, workers, prefetch), desc=desc,
-                              unit="batch", total=-(-len(examples) // batch_size))
-        ]
+        for batch in tqdm(batches(processor, prompt, examples, max_length, batch_size, workers, prefetch, staging),
+                          desc=desc, unit="batch", total=-(-len(examples) // batch_size)):
+            if staging is None:
+                parts.append(p_accept(model, batch, first_ids))
+                continue
+            p = launch(model, staging.to_device(batch), first_ids)
+            if queued is not None:  # the batch before's scores, now that this one is queued behind it
+                parts.append(queued.get())
+            queued = p
+        if queued is not None:
+            parts.append(queued.get())
     finally:
         model.train(was_training)
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)

@@ -18,6 +18,8 @@ measured it (docs/benchmarks.md):
   (maskgate/model/vision.py): bitwise the library's per-image result, without its per-layer sync.
 * `workers` and `prefetch` (score's arguments, not model changes): batches prepared in worker
   processes, or the next batch in a thread, while the GPU runs (scoring.batches).
+* `overlap` (score's argument too): no wait for the GPU between batches: position ids made with the
+  batch, copied from pinned memory on a side stream, scores read back one batch late (scoring.Overlap).
 
 `evaluate.batch_size` is the last knob; the largest that fits is usually fastest, and `auto` finds it
 (maskgate/model/autobatch.py). Together they are `Scoring`. The values come from params.yaml's `evaluate` section alone: evaluate reads it, records it
@@ -50,6 +52,7 @@ class Scoring:
     compile: StrictBool
     batched_vision: StrictBool
     compile_vision: StrictBool
+    overlap: StrictBool = False  # after the others: operating points recorded before it existed still read
 
     @classmethod
     def of(cls, e: Evaluate) -> "Scoring":
@@ -135,6 +138,6 @@ def batch_size(model, processor, prompt, image_size: int, max_length: int, s: Sc
     from maskgate.model.autobatch import scoring_batch_size
     from maskgate.model.verifier import is_quantized
 
-    memory = {k: v for k, v in s.record().items() if k not in ("batch_size", "workers", "prefetch")}
+    memory = {k: v for k, v in s.record().items() if k not in ("batch_size", "workers", "prefetch", "overlap")}
     memory["quantized"] = is_quantized(model)
     return scoring_batch_size(model, processor, prompt, image_size, max_length, memory, where, print_fn)
