@@ -38,13 +38,33 @@ def jobs_from(data: Path, cfg: config.Negatives, style: Style) -> list[tuple]:
     store = source.images
     rows, _, _ = validate_all(source.rows["train"], store, "rescale", config.GATE_LIMITS)
     rows = [{"row_id": r.row_id, "image": r.image, "query": r.query, "height": r.height, "width": r.width,
-             "groups": r.groups} for r in rows]
+             "groups": r.groups, "pool": r.pool} for r in rows]  # pool: negatives.pool_hard draws from it
     examples, _ = negatives.make_examples(rows, cfg, seed=0)
     by_image = defaultdict(list)
     for e in examples:
         by_image[e["image"]].append(e)
     return [(store.read(img), [e["masks"] for e in exs], exs[0]["height"], exs[0]["width"], style)
             for img, exs in sorted(by_image.items())]
+
+
+def jobs_from_folders(prepared: Path, negatives: Path, style: Style, max_images: int | None = None) -> list[tuple]:
+    """The render stage's per-image jobs for the prepare and negatives stages' output folders (every split,
+    the images in the order the stage renders them), the first `max_images` of them."""
+    from maskgate.data.prepared import SPLITS
+    from maskgate.utils import tables
+
+    jobs = []
+    for split in SPLITS:
+        by_image = defaultdict(list)
+        for e in tables.read_table(Path(negatives) / f"{split}.parquet", columns=["image", "masks", "height", "width"]):
+            by_image[e["image"]].append(e)
+        for rec in tables.iter_shards(Path(prepared), f"images-{split}"):
+            if max_images is not None and len(jobs) == max_images:
+                return jobs
+            exs = by_image.get(rec["image"])
+            if exs:
+                jobs.append((rec["bytes"], [e["masks"] for e in exs], exs[0]["height"], exs[0]["width"], style))
+    return jobs
 
 
 def floor(image_bytes, groups, height, width, style):
