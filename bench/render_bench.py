@@ -2,6 +2,7 @@
 
 floor  = decode each image once, letterbox-resize it once, encode one JPEG per example
 render = the render stage's own per-image job (the floor's work plus mask decode, fill, outline)
+encode = the JPEG encode alone of the overlays as render draws them (their pixels drawn beforehand)
 Both single-process, so the ratio compares work, not scheduling; the stage's pool throughput
 with all workers is printed too.
 
@@ -38,7 +39,7 @@ def jobs_from(data: Path, cfg: config.Negatives, style: Style) -> list[tuple]:
     store = source.images
     rows, _, _ = validate_all(source.rows["train"], store, "rescale", config.GATE_LIMITS)
     rows = [{"row_id": r.row_id, "image": r.image, "query": r.query, "height": r.height, "width": r.width,
-             "groups": r.groups} for r in rows]
+             "groups": r.groups, "pool": r.pool} for r in rows]  # pool: negatives.pool_hard draws from it
     examples, _ = negatives.make_examples(rows, cfg, seed=0)
     by_image = defaultdict(list)
     for e in examples:
@@ -47,9 +48,46 @@ def jobs_from(data: Path, cfg: config.Negatives, style: Style) -> list[tuple]:
             for img, exs in sorted(by_image.items())]
 
 
+def jobs_from_folders(prepared: Path, negatives: Path, style: Style, max_images: int | None = None) -> list[tuple]:
+    """The render stage's per-image jobs for the prepare and negatives stages' output folders (every split,
+    the images in the order the stage renders them), the first `max_images` of them."""
+    from maskgate.data.prepared import SPLITS
+    from maskgate.utils import tables
+
+    jobs = []
+    for split in SPLITS:
+        by_image = defaultdict(list)
+        for e in tables.read_table(Path(negatives) / f"{split}.parquet", columns=["image", "masks", "height", "width"]):
+            by_image[e["image"]].append(e)
+        for rec in tables.iter_shards(Path(prepared), f"images-{split}"):
+            if max_images is not None and len(jobs) == max_images:
+                return jobs
+            exs = by_image.get(rec["image"])
+            if exs:
+                jobs.append((rec["bytes"], [e["masks"] for e in exs], exs[0]["height"], exs[0]["width"], style))
+    return jobs
+
+
 def floor(image_bytes, groups, height, width, style):
     canvas, _ = letterbox(decode_image(image_bytes), style.size)
     return [encode_jpeg(canvas, style.jpeg_quality) for _ in groups]
+
+
+def encode_time(jobs, repeats: int) -> float:
+    """Best of `repeats`: seconds to JPEG-encode every overlay of `jobs` as render draws it, each image's
+    overlays drawn first and only their encodes timed (one image's pixels held at a time)."""
+    best = float("inf")
+    for _ in range(repeats):
+        total = 0.0
+        for image_bytes, groups, height, width, style in jobs:
+            canvas = Canvas(decode_image(image_bytes), style)
+            pixels = [canvas.draw([canvas.piece(c, height, width) for c in g]) for g in groups]
+            t = time.perf_counter()
+            for p in pixels:
+                encode_jpeg(p, style.jpeg_quality)
+            total += time.perf_counter() - t
+        best = min(best, total)
+    return best
 
 
 def timed(fn, jobs, repeats):
@@ -82,6 +120,7 @@ def main():
         return quality_table(jobs, [int(q) for q in args.qualities.split(",")], args.size)
     t_floor = timed(floor, jobs, args.repeats)
     t_render = timed(render_image, jobs, args.repeats)
+    t_encode = encode_time(jobs, args.repeats)
     with Pool(args.workers) as pool:
         t = time.perf_counter()
         pool.map(_job, jobs)
@@ -90,6 +129,8 @@ def main():
     print(f"floor (decode+resize+encode), 1 process: {n / t_floor:8.1f} overlays/s")
     print(f"render, 1 process:                       {n / t_render:8.1f} overlays/s")
     print(f"render / floor time ratio:               {t_render / t_floor:8.2f}x  (goal <= 1.5)")
+    print(f"JPEG encode alone, the drawn overlays:   {n / t_encode:8.1f} overlays/s  "
+          f"({t_encode / t_floor:.2f}x the floor's time: the part of render no drawing code can cut)")
     print(f"render, pool of {args.workers} workers:              {n / t_pool:8.1f} overlays/s")
 
 

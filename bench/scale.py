@@ -11,10 +11,19 @@ overlays read at random) and the caches again: train reads the shards in place, 
 No DVC here: the DVC cache's links are tests/test_pipeline_dvc.py's (.dvc/config: hardlink, no copy).
 
     python bench/scale.py --rows 10000 --work /tmp/scale       # add -S render.workers=1 to compare
+    python bench/scale.py --rows 500 --work /tmp/scale --render-workers 1,2,4,8,16
+
+--render-workers: after prepare and negatives, render their folders once per worker count (the render
+stage's own `render()`, in this process, timed from the call to the last shard written: pool start,
+reading the examples and writing the shards included), and print overlays/s, the speedup against the
+first count and whether the shards are the same bytes as the first count's; then the single-process
+render / floor time ratio of bench/render_bench.py on the first --floor-images images of those folders.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -28,6 +37,7 @@ import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # --render-workers imports the project here (bench/ is on the path for render_bench)
 SAMPLES = ROOT / "samples" / "coco-groups"
 
 
@@ -96,7 +106,14 @@ def main() -> int:
     ap.add_argument("--work", type=Path, required=True, help="a scratch folder (emptied)")
     ap.add_argument("-S", dest="sets", action="append", default=[], help="section.key=value over params.yaml")
     ap.add_argument("--stages", default="prepare,negatives,render,train_read")
+    ap.add_argument("--render-workers", help="comma-separated render.workers counts, e.g. 1,2,4,8,16: run prepare "
+                    "and negatives, then render their output once per count (see above)")
+    ap.add_argument("--floor-images", type=int, default=120, help="--render-workers: images for the floor ratio")
+    ap.add_argument("--floor-repeats", type=int, default=2, help="--render-workers: best of this many floor timings")
     args = ap.parse_args()
+    worker_counts = [int(n) for n in args.render_workers.split(",")] if args.render_workers else []
+    if worker_counts:
+        args.stages = "prepare,negatives"
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     for old in ("prepared", "negatives", "rendered", "hf", "logs"):
@@ -156,8 +173,58 @@ def main() -> int:
         print(f"rendered: {n} overlays, {size / n / 1e3:.1f} kB per overlay on disk (shards / overlays); "
               f"inputs (source) {gb(du(work / 'source'))}, prepared {gb(du(work / 'prepared'))}, "
               f"negatives {gb(du(work / 'negatives'))}, rendered {gb(size)}")
+    if worker_counts:
+        summary["render_workers"] = render_scaling(work, params, worker_counts, args.floor_images, args.floor_repeats)
     (work / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     return 0
+
+
+def tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(folder).as_posix().encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def render_scaling(work: Path, params: Path, counts: list[int], floor_images: int, repeats: int) -> dict:
+    """Render work/prepared + work/negatives once per worker count; then the floor ratio on their images."""
+    os.environ["TQDM_DISABLE"] = "1"
+    import render_bench
+    from maskgate import config
+    from maskgate.render.overlay import Style
+    from maskgate.render.shards import render, render_image
+
+    p = config.load(params)
+    out, results = {"runs": []}, []
+    print(f"render.workers scaling ({psutil.cpu_count()} CPUs; speedup against {counts[0]} worker(s)):")
+    print(f"{'workers':>8}{'wall s':>9}{'overlays/s':>12}{'speedup':>9}  same bytes")
+    for n in counts:
+        cfg = config.from_section(config.Render, {**dataclasses.asdict(p.render), "workers": n}, "--render-workers")
+        folder = work / f"rendered-w{n}"
+        t = time.perf_counter()
+        report = render(work / "prepared", work / "negatives", folder, cfg, p.prompt)
+        wall = time.perf_counter() - t
+        overlays = sum(report["examples"].values())
+        digest = tree_digest(folder)
+        shutil.rmtree(folder)
+        results.append((n, wall, overlays, digest))
+        speedup = results[0][1] / wall
+        same = "yes" if digest == results[0][3] else "NO"
+        print(f"{n:>8}{wall:9.2f}{overlays / wall:12.1f}{speedup:9.2f}  {same}")
+        out["runs"].append({"workers": n, "wall_s": round(wall, 2), "overlays": overlays,
+                            "overlays_per_s": round(overlays / wall, 1), "speedup": round(speedup, 2),
+                            "same_bytes": digest == results[0][3]})
+    jobs = render_bench.jobs_from_folders(work / "prepared", work / "negatives", Style.of(p.render), floor_images)
+    n = sum(len(j[1]) for j in jobs)
+    t_floor = render_bench.timed(render_bench.floor, jobs, repeats)
+    t_render = render_bench.timed(render_image, jobs, repeats)
+    print(f"floor (bench/render_bench.py), 1 process, {len(jobs)} images, {n} overlays, best of {repeats}: "
+          f"floor {n / t_floor:.1f} overlays/s, render {n / t_render:.1f} overlays/s, "
+          f"render / floor {t_render / t_floor:.2f}x")
+    out["floor"] = {"images": len(jobs), "overlays": n, "floor_per_s": round(n / t_floor, 1),
+                    "render_per_s": round(n / t_render, 1), "ratio": round(t_render / t_floor, 3)}
+    return out
 
 
 # train's data path in its own process: the train split as the train stage reads it, every text row

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from maskgate.config import Limits
 from maskgate.data import masks
@@ -204,6 +204,51 @@ def _id_text(raw) -> str:
     return text if len(text) <= 60 else text[:60] + "..."
 
 
+class Validation:
+    """The checks of `validate_all`, one row at a time: `rows(raws)` yields each valid Row as soon as it
+    is checked, so a caller can write rows as they come instead of holding them (prepare does). The
+    counts, `skipped()` and `stats()`, are complete once `rows` is exhausted. What it holds grows with
+    the distinct ids (duplicates are found by id) and images (each is decoded once), not the rows' masks.
+    """
+
+    def __init__(self, store, policy: str, limits: Limits):
+        self.images = ImageChecker(store, limits.max_image_pixels)
+        self.policy, self.limits = policy, limits
+        self.skips, self.counts, self.ids = Counter(), Counter(), set()
+        self.examples: dict[str, str] = {}
+        self.pool_skips: dict = {"counts": Counter(), "examples": {}}
+
+    def rows(self, raws: Iterable[dict | RawError], progress=None) -> Iterator[Row]:
+        for i, raw in enumerate(raws):
+            self.counts["rows_in"] += 1
+            if progress is not None:
+                progress.update(1)
+            try:
+                if isinstance(raw, RawError):
+                    raise BadRow(raw.reason, f"{raw.where}: {raw.detail}")
+                row = validate(raw, self.images, self.policy, self.counts, self.limits, self.pool_skips)
+                if row.row_id in self.ids:
+                    raise BadRow("duplicate_id", row.row_id)
+                self.ids.add(row.row_id)
+            except BadRow as e:
+                self.skips[e.reason] += 1
+                where = raw.where if isinstance(raw, RawError) else f"row {i} (id {_id_text(raw)})"
+                self.examples.setdefault(e.reason, f"{where}: {e}")
+                continue
+            yield row
+
+    def skipped(self) -> dict:
+        """{"counts": {reason: n}, "examples": {reason: text}} of the skipped rows."""
+        return {"counts": dict(sorted(self.skips.items())), "examples": dict(sorted(self.examples.items()))}
+
+    def stats(self) -> Counter:
+        """rows_in, masks_rescaled, pool_masks_rescaled, and pool_masks_skipped ({"counts", "examples"})."""
+        stats = Counter(self.counts)
+        stats["pool_masks_skipped"] = {"counts": dict(sorted(self.pool_skips["counts"].items())),
+                                       "examples": dict(sorted(self.pool_skips["examples"].items()))}
+        return stats
+
+
 def validate_all(raws: Iterable[dict | RawError], store, policy: str, limits: Limits,
                  progress=None) -> tuple[list[Row], dict, Counter]:
     """Valid rows, skipped counts by reason, and other counts (rows_in, masks_rescaled, pool_masks_rescaled,
@@ -213,27 +258,8 @@ def validate_all(raws: Iterable[dict | RawError], store, policy: str, limits: Li
     skipped as `over_limit`, its detail naming the key.
 
     Duplicate ids: the first row keeps the id, later ones are skipped as `duplicate_id`.
+    Every valid row is held; `Validation` gives them one at a time.
     """
-    images = ImageChecker(store, limits.max_image_pixels)
-    rows, skipped, stats, ids = [], Counter(), Counter(), set()
-    examples: dict[str, str] = {}
-    pool_skips: dict = {"counts": Counter(), "examples": {}}
-    for i, raw in enumerate(raws):
-        stats["rows_in"] += 1
-        if progress is not None:
-            progress.update(1)
-        try:
-            if isinstance(raw, RawError):
-                raise BadRow(raw.reason, f"{raw.where}: {raw.detail}")
-            row = validate(raw, images, policy, stats, limits, pool_skips)
-            if row.row_id in ids:
-                raise BadRow("duplicate_id", row.row_id)
-            ids.add(row.row_id)
-            rows.append(row)
-        except BadRow as e:
-            skipped[e.reason] += 1
-            where = raw.where if isinstance(raw, RawError) else f"row {i} (id {_id_text(raw)})"
-            examples.setdefault(e.reason, f"{where}: {e}")
-    stats["pool_masks_skipped"] = {"counts": dict(sorted(pool_skips["counts"].items())),
-                                   "examples": dict(sorted(pool_skips["examples"].items()))}
-    return rows, {"counts": dict(sorted(skipped.items())), "examples": dict(sorted(examples.items()))}, stats
+    check = Validation(store, policy, limits)
+    rows = list(check.rows(raws, progress))
+    return rows, check.skipped(), check.stats()

@@ -11,9 +11,10 @@ and `overlay`, the JPEG bytes of the rendered picture.
 """
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from multiprocessing import Pool
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 from tqdm import tqdm
@@ -30,7 +31,7 @@ SHARD_SCHEMA = pa.schema(list(EXAMPLE_SCHEMA) + [
     pa.field("system", pa.string()), pa.field("user", pa.string()), pa.field("label_text", pa.string()),
     pa.field("overlay", pa.binary()),
 ])
-IMAGES_PER_BATCH = 64  # images handed to the pool at once; bounds memory on large splits
+IMAGES_IN_FLIGHT = 64  # images in the pool at once (their bytes and overlays); bounds memory on large splits
 
 
 def render_image(image_bytes: bytes, groups: list[list[str]], height: int, width: int, style: Style) -> list[bytes]:
@@ -43,15 +44,22 @@ def _job(args):
     return render_image(*args)
 
 
-def image_batches(prepared: Path, split: str):
-    batch = []
-    for rec in tables.iter_shards(prepared, f"images-{split}"):
-        batch.append(rec)
-        if len(batch) == IMAGES_PER_BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def in_order(jobs: Iterable[tuple[str, tuple]], pool, window: int) -> Iterator[tuple[str, list[bytes]]]:
+    """(name, overlays) of each (name, job), in the jobs' order, at most `window` jobs in the pool at once:
+    the parent writes one image's overlays while the workers render the next ones (a pool.map over a batch
+    of images left every worker idle while the parent wrote the batch), and memory stays bounded."""
+    if pool is None:
+        yield from ((name, _job(job)) for name, job in jobs)
+        return
+    pending: deque = deque()
+    for name, job in jobs:
+        pending.append((name, pool.apply_async(_job, (job,))))
+        if len(pending) >= window:
+            name, result = pending.popleft()
+            yield name, result.get()
+    while pending:
+        name, result = pending.popleft()
+        yield name, result.get()
 
 
 def render_split(prepared: Path, examples: list[dict], split: str, out: Path, style: Style, prompt: Prompt,
@@ -61,22 +69,24 @@ def render_split(prepared: Path, examples: list[dict], split: str, out: Path, st
         by_image[e["image"]].append(e)
     writer = tables.ShardWriter(out, split, SHARD_SCHEMA, shard_size)
     done = set()
+
+    def jobs():
+        for b in tables.iter_shards(prepared, f"images-{split}"):
+            exs = by_image.get(b["image"])
+            if exs:
+                done.add(b["image"])
+                yield b["image"], (b["bytes"], [e["masks"] for e in exs], exs[0]["height"], exs[0]["width"], style)
+
     with tqdm(total=len(examples), desc=f"render: {split}", unit="overlay") as bar:
-        for batch in image_batches(prepared, split):
-            batch = [b for b in batch if b["image"] in by_image]
-            done.update(b["image"] for b in batch)
-            jobs = [(b["bytes"], [e["masks"] for e in by_image[b["image"]]],
-                     by_image[b["image"]][0]["height"], by_image[b["image"]][0]["width"], style) for b in batch]
-            results = pool.map(_job, jobs) if pool is not None else [_job(j) for j in jobs]
-            for b, overlays in zip(batch, results):
-                for e, jpeg in zip(by_image[b["image"]], overlays):
-                    writer.add({**e, "system": prompt.system, "user": prompt.user_text(e["query"]),
-                                "label_text": prompt.label_text(e["label"]), "overlay": jpeg})
-                # One row group per image: the same picture recurs among an image's examples (one row's
-                # right group is another's hard negative), and parquet's dictionary encoding stores it once
-                # per row group; a small row group is also what train reads to fetch one overlay.
-                writer.end_group()
-                bar.update(len(overlays))
+        for image, overlays in in_order(jobs(), pool, IMAGES_IN_FLIGHT):
+            for e, jpeg in zip(by_image[image], overlays):
+                writer.add({**e, "system": prompt.system, "user": prompt.user_text(e["query"]),
+                            "label_text": prompt.label_text(e["label"]), "overlay": jpeg})
+            # One row group per image: the same picture recurs among an image's examples (one row's
+            # right group is another's hard negative), and parquet's dictionary encoding stores it once
+            # per row group; a small row group is also what train reads to fetch one overlay.
+            writer.end_group()
+            bar.update(len(overlays))
     missing = sorted(set(by_image) - done)
     if missing:  # an example without its image would silently drop out of the shards
         raise ValueError(f"{len(missing)} {split} images named in the negatives are not in {prepared} "

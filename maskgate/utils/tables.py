@@ -7,6 +7,7 @@ stage never leaves a half-written output where DVC would cache it.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import os
 import shutil
@@ -65,19 +66,80 @@ def write_table(records: list[dict], path: Path, schema: pa.Schema) -> None:
     pq.write_table(pa.Table.from_pylist(records, schema=schema), path, row_group_size=ROW_GROUP)
 
 
-def write_records(records: Iterable[dict], path: Path, schema: pa.Schema) -> int:
-    """write_table for records made one by one: ROW_GROUP of them in memory at a time; how many were written."""
+def write_records(records: Iterable[dict], path: Path, schema: pa.Schema, row_group: int = ROW_GROUP) -> int:
+    """write_table for records made one by one (the same bytes): `row_group` of them in memory at a time;
+    how many were written."""
     n, buffer = 0, []
     with pq.ParquetWriter(path, schema) as writer:
         for record in records:
             buffer.append(record)
-            if len(buffer) == ROW_GROUP:
+            if len(buffer) == row_group:
                 writer.write_table(pa.Table.from_pylist(buffer, schema=schema))
                 n, buffer = n + len(buffer), []
         if buffer or not n:  # an empty split still gets a file with its schema
             writer.write_table(pa.Table.from_pylist(buffer, schema=schema))
             n += len(buffer)
     return n
+
+
+def iter_records(path: Path) -> Iterator[dict]:
+    """The records of one parquet file in order, one row group in memory at a time. One thread: read
+    with the pool of threads, each thread's allocator kept its own memory and the RSS grew with each file."""
+    f = open_parquet(path)
+    for i in range(f.num_row_groups):
+        yield from f.read_row_group(i, use_threads=False).to_pylist()
+
+
+class ExternalSort:
+    """Records sorted by `key` with a bound on what is held: `add` buffers up to `run` records, then
+    writes them sorted to a parquet file (a run) in `folder`; `sorted()` merges the runs (heapq.merge,
+    one row group of `row_group` records per run in memory), first merging `fan_in` runs at a time into
+    longer runs while there are more. Equal keys keep the order they were added in. The runs are the
+    caller's to remove (they are in `folder`).
+    """
+
+    def __init__(self, folder: Path, schema: pa.Schema, key, run: int = 2048, fan_in: int = 32,
+                 row_group: int = 32):
+        self.folder, self.schema, self.key = Path(folder), schema, key
+        self.run, self.fan_in, self.row_group = run, fan_in, row_group
+        self.buffer: list[dict] = []
+        self.runs: list[Path] = []
+        self.made = 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, record: dict) -> None:
+        self.buffer.append(record)
+        if len(self.buffer) >= self.run:
+            self._spill()
+
+    def _new_run(self) -> Path:
+        self.made += 1
+        return self.folder / f"run-{self.made:06d}.parquet"
+
+    def _spill(self) -> None:
+        if self.buffer:
+            self.buffer.sort(key=self.key)  # stable: equal keys stay in the order added
+            path = self._new_run()
+            write_records(self.buffer, path, self.schema, self.row_group)
+            self.runs.append(path)
+            self.buffer = []
+
+    def _merge(self, paths: list[Path]) -> Iterator[dict]:
+        return heapq.merge(*(iter_records(p) for p in paths), key=self.key)
+
+    def sorted(self) -> Iterator[dict]:
+        """Every record added, in key order. `runs` stays in the order the records were added (a merge
+        of the first runs replaces them at the front), and heapq.merge takes ties from the earlier input
+        first, so the sort is stable."""
+        self._spill()
+        while len(self.runs) > self.fan_in:
+            head, self.runs = self.runs[:self.fan_in], self.runs[self.fan_in:]
+            path = self._new_run()
+            write_records(self._merge(head), path, self.schema, self.row_group)
+            for p in head:
+                p.unlink()
+            self.runs.insert(0, path)
+        return self._merge(list(self.runs))
 
 
 class ShardWriter:
@@ -108,8 +170,9 @@ class ShardWriter:
 
     def _flush(self) -> None:
         if self.buffer:
-            self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=self.schema))
-            self.buffer = []
+            table = pa.Table.from_pylist(self.buffer, schema=self.schema)
+            self.buffer = []  # the records' own copy freed before the writer encodes (images: 256 of them)
+            self.writer.write_table(table)
 
     def _close_shard(self) -> None:
         self._flush()
