@@ -76,11 +76,11 @@ sys.path.insert(0, str(ROOT))
 from maskgate import config  # noqa: E402  (pydantic and yaml only: nothing that imports transformers)
 
 
-def train_cfg(backend="hf", mb=16, gc=True, workers=0, four_bit=False, bv=False, cv=False) -> dict:
+def train_cfg(backend="hf", mb=16, gc=True, workers=0, four_bit=False, bv=False) -> dict:
     """A training configuration: its keys of params.yaml's `train` section (mb "auto": train.micro_batch_size auto)."""
     return {"kind": "train", "backend": backend, "micro_batch_size": mb, "train": {
         "backend": backend, "gradient_checkpointing": gc, "dataloader_workers": workers, "load_in_4bit": four_bit,
-        "batched_vision": bv, "compile_vision": cv}}
+        "batched_vision": bv}}
 
 
 def score_cfg(batch=32, workers=0, merge=False, compile_=False, bv=False, prefetch=False, cv=False, overlap=False) -> dict:
@@ -103,8 +103,6 @@ CONFIGS = {
     "unsloth16-nogc-bv-b16": train_cfg("unsloth", 16, gc=False, bv=True),
     "unsloth16-nogc-bv-w4-b16": train_cfg("unsloth", 16, gc=False, workers=4, bv=True),
     "unsloth16-nogc-bv-w4-auto": train_cfg("unsloth", "auto", gc=False, workers=4, bv=True),
-    "unsloth16-nogc-bv-cv-w4-auto": train_cfg("unsloth", "auto", gc=False, workers=4, bv=True, cv=True),
-    "unsloth16-nogc-bv-cv-w4-b16": train_cfg("unsloth", 16, gc=False, workers=4, bv=True, cv=True),
     "ref-score-b32": score_cfg(32),
     "hf-w4-gc-b32": train_cfg("hf", 32, gc=True, workers=4),
     "hf-w4-nogc-b8": train_cfg("hf", 8, gc=False, workers=4),
@@ -498,7 +496,7 @@ def measure(args, name: str, cfg: dict, base: dict, rows: list[dict], facts: dic
     if cfg["kind"] == "train":
         model_f = flops.training_flops(shape, tokens, facts["image_tokens"], lora.r, lora.targets,
                                        facts["answer_tokens"])
-        gc = cfg["train"]["gradient_checkpointing"] if cfg["backend"] == "hf" else True  # Unsloth always checkpoints
+        gc = cfg["train"]["gradient_checkpointing"]  # Unsloth's too: base.load_model passes it to both of its calls
         hw_f = flops.hardware_flops(shape, tokens, facts["image_tokens"], lora.r, lora.targets,
                                     facts["answer_tokens"], checkpointing=bool(gc))
     else:

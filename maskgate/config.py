@@ -142,7 +142,6 @@ class Train:
     dataloader_workers: Int
     cpu_threads: Int
     batched_vision: Bool
-    compile_vision: Bool
 
     def __post_init__(self):
         if self.micro_batch_size != "auto" and self.micro_batch_size < 1:
@@ -159,7 +158,6 @@ class Evaluate:
     batch_size: Union[Int, Literal["auto"]]
     workers: Int
     prefetch: Bool
-    overlap: Bool
     merge_adapter: Bool
     compile: Bool
     batched_vision: Bool

@@ -149,23 +149,11 @@ def load_model(cfg: Train, preset: str, seed: int, backend: str, base: Base, dev
 
 
 def batched_vision(model, cfg: Train):
-    """train.batched_vision and train.compile_vision: the frozen vision tower's fast path (maskgate/model/vision.py).
-
-    batched_vision: its attention batched over images, and its forward not recorded for autograd (no
-    gradient can reach it); both exact. compile_vision: its blocks through torch.compile (CUDA, 16-bit
-    base; rounding-level changes, like evaluate.compile_vision).
-    """
+    """train.batched_vision: the frozen vision tower's attention batched over images (maskgate/model/vision.py)."""
     if cfg.batched_vision:
-        from maskgate.model.vision import batch_vision_attention, run_frozen_without_autograd
+        from maskgate.model.vision import batch_vision_attention
 
         batch_vision_attention(model, "train")
-        run_frozen_without_autograd(model, "train")
-    if cfg.compile_vision and (cfg.load_in_4bit or not cfg.batched_vision):
-        print("train: compile_vision needs batched_vision and a 16-bit base; the vision tower runs eager")
-    elif cfg.compile_vision:
-        from maskgate.model.speedups import compile_layers, vision_blocks
-
-        compile_layers(vision_blocks(model), "vision blocks", model.device, "train", dynamic=None)
     return model
 
 

@@ -361,8 +361,7 @@ def train(
         micro = training_micro_batch(
             model, processor, prompt, job.image_size, seq_len, cfg.batch_size // world,
             {"backend": backend, "base": base.record(), "lora": cfg.lora, "load_in_4bit": cfg.load_in_4bit,
-             "gradient_checkpointing": gradient_checkpointing(cfg, preset), "batched_vision": cfg.batched_vision,
-             "compile_vision": cfg.compile_vision},
+             "gradient_checkpointing": gradient_checkpointing(cfg, preset), "batched_vision": cfg.batched_vision},
             "train", print_fn=print if main else (lambda *_: None))
         accum = set_micro_batch(args, cfg, micro, len(train_ds), world)
     tokens = M.prompt_tokens(processor, prompt)

@@ -17,12 +17,6 @@ output_attentions, an attention implementation other than sdpa) runs the library
 The vision tower is frozen in training (LoRA targets the language model only), so this is one forward
 per example in training and scoring alike; it changes speed only, so it is on by default
 (`train.batched_vision`, `evaluate.batched_vision`) and off only to measure the library's path.
-
-Frozen also means no gradient can reach any of its weights, so in training its forward need not be
-recorded for autograd (`run_frozen_without_autograd`, with train.batched_vision): if a library hook
-made its outputs require grad (transformers' `enable_input_require_grads` and its kin mark the outputs
-of input embeddings), backward would otherwise run through every vision block to reach nothing. Exact:
-the forward's values are the same with or without recording.
 """
 from __future__ import annotations
 
@@ -67,35 +61,11 @@ def _batched_attention(self, hidden_states, cu_seqlens, position_embeddings=None
     return self.proj(out.transpose(1, 2).reshape(seq, -1).contiguous())
 
 
-def vision_towers(model, where: str, what: str) -> list:
-    """The Qwen3-VL vision towers of `model` (under a peft wrapper or not); ValueError naming `what` if none."""
-    found = [m for m in model.modules() if type(m).__name__ == VISION_MODEL]
-    if not found:
-        raise ValueError(f"{where}: {what} found no {VISION_MODEL} in the model")
-    return found
-
-
-def run_frozen_without_autograd(model, where: str = "model", print_fn=print) -> None:
-    """Each vision tower's forward under torch.no_grad while none of its parameters requires grad (in place)."""
-    for tower in vision_towers(model, where, "run_frozen_without_autograd"):
-        if getattr(tower, "_maskgate_frozen", False):
-            continue
-        forward = tower.forward
-
-        def frozen_forward(*args, _forward=forward, _tower=tower, **kwargs):
-            # checked at each call: a tower unfrozen later (modules_to_save, a new adapter) records again
-            if torch.is_grad_enabled() and not any(p.requires_grad for p in _tower.parameters()):
-                with torch.no_grad():
-                    return _forward(*args, **kwargs)
-            return _forward(*args, **kwargs)
-
-        tower.forward, tower._maskgate_frozen = frozen_forward, True
-    print_fn(f"{where}: the frozen vision tower runs without autograd recording")
-
-
 def batch_vision_attention(model, where: str = "model", print_fn=print) -> bool:
     """Install the batched path on every Qwen3-VL vision tower of `model` (in place); True if installed."""
-    towers = vision_towers(model, where, "batched_vision")
+    towers = [m for m in model.modules() if type(m).__name__ == VISION_MODEL]
+    if not towers:
+        raise ValueError(f"{where}: batched_vision found no {VISION_MODEL} in the model")
     done = 0
     for tower in towers:
         if getattr(tower, "_maskgate_batch", None) is not None:
