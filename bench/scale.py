@@ -133,7 +133,7 @@ def main() -> int:
     params = work / "params.yaml"
     params.write_text(yaml.safe_dump(p, sort_keys=False))
     hf = work / "hf"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HOME=str(hf), HF_DATASETS_CACHE=str(hf / "datasets"),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), HF_HOME=str(hf), HF_DATASETS_CACHE=str(hf / "datasets"),
                HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
     print(f"params: params.yaml with data.source=local{''.join(' ' + s for s in args.sets)}; "
           f"render.size {p['render']['size']}, jpeg_quality {p['render']['jpeg_quality']}, workers {p['render']['workers']}; "
