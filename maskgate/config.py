@@ -158,6 +158,7 @@ class Evaluate:
     batch_size: Union[Int, Literal["auto"]]
     workers: Int
     prefetch: Bool
+    overlap: Bool
     merge_adapter: Bool
     compile: Bool
     batched_vision: Bool

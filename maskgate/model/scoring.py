@@ -124,10 +124,10 @@ class Overlap:
         self.cuda = torch.device(self.device).type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
 
-    def prepare(self, batch, pin: bool = True):
-        """On the CPU (a thread or a worker): the position ids added; pinned (not in a worker: pinning is per process)."""
+    def prepare(self, batch):
+        """On the CPU, in the prefetch thread or in turn: the position ids added, the tensors pinned."""
         batch["position_ids"] = self.rope(batch)
-        return BatchFeature({k: v.pin_memory() for k, v in batch.items()}) if pin and self.cuda else batch
+        return BatchFeature({k: v.pin_memory() for k, v in batch.items()}) if self.cuda else batch
 
     def to_device(self, batch):
         """The batch on the GPU, copied on the side stream; the current stream waits for the copy, not the CPU."""
@@ -163,7 +163,8 @@ def batches(processor, prompt: Prompt, examples: list[Example], max_length: int,
 
         from torch.utils.data import DataLoader
 
-        collate = partial(_worker_batch, processor, prompt, max_length=max_length, overlap=overlap)
+        # the workers get the rope index alone (a config): the side stream stays in this process
+        collate = partial(_worker_batch, processor, prompt, max_length=max_length, rope=overlap and overlap.rope)
         yield from DataLoader(examples, batch_size=batch_size, shuffle=False, num_workers=workers,
                               collate_fn=collate, prefetch_factor=2, pin_memory=bool(overlap and overlap.cuda))
     elif prefetch and len(starts) > 1:
@@ -180,9 +181,11 @@ def batches(processor, prompt: Prompt, examples: list[Example], max_length: int,
             yield make(start)
 
 
-def _worker_batch(processor, prompt: Prompt, examples: list[Example], max_length: int, overlap: Overlap | None):
+def _worker_batch(processor, prompt: Prompt, examples: list[Example], max_length: int, rope: RopeIndex | None):
     batch = scoring_batch(processor, prompt, examples, max_length)
-    return overlap.prepare(batch, pin=False) if overlap else batch  # the DataLoader pins it in this process
+    if rope is not None:  # as Overlap.prepare, unpinned: the DataLoader pins it in the main process
+        batch["position_ids"] = rope(batch)
+    return batch
 
 
 def score(
