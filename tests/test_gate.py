@@ -175,22 +175,22 @@ def test_interrupted_run_resumes_scoring_each_line_once(tmp_path, loaded_gate, m
     manifest = write_manifest(tmp_path / "in", lines)
     whole = gate.run(manifest, tmp_path / "whole", loaded_gate, 0.5, "given", batch_size=4, progress=False)
 
-    real, calls = gate.Gate.score, Counter()
+    real, calls = gate.Gate.launch, Counter()
 
-    def dying(self, batch, batch_size):
+    def dying(self, batch):  # run scores each batch through Gate.launch
         calls["n"] += 1
         if calls["n"] == 3:
             raise Interrupt
-        return real(self, batch, batch_size)
+        return real(self, batch)
 
-    monkeypatch.setattr(gate.Gate, "score", dying)
+    monkeypatch.setattr(gate.Gate, "launch", dying)
     with pytest.raises(Interrupt):
         gate.run(manifest, tmp_path / "cut", loaded_gate, 0.5, "given", batch_size=4, progress=False)
     logged = (tmp_path / "cut" / gate.SCORES).read_text().splitlines()
     assert 0 < len(logged) < len(lines) and not (tmp_path / "cut" / gate.RESULTS).exists()
     with open(tmp_path / "cut" / gate.SCORES, "a") as f:
         f.write('{"line": 99, "key": "torn')  # a record cut off by the kill
-    monkeypatch.setattr(gate.Gate, "score", real)
+    monkeypatch.setattr(gate.Gate, "launch", real)
     again = gate.run(manifest, tmp_path / "cut", loaded_gate, 0.5, "given", batch_size=4, progress=False)
 
     assert again == whole

@@ -108,7 +108,7 @@ def test_the_review_folder_follows_the_scores_over_reruns(tmp_path, gate_, monke
 
     # a lower threshold on the rerun: nothing is scored again, the passed lines leave the page and review/
     calls = []
-    monkeypatch.setattr(gate.Gate, "score", lambda self, ex, bs: calls.append(1) or [])
+    monkeypatch.setattr(gate.Gate, "launch", lambda self, ex: calls.append(1) or [])  # what run scores through
     p = sorted(c["p"] for c in data["cases"] if "p" in c)
     middle = (p[4] + p[5]) / 2
     assert p[4] < middle < p[5], "the untrained verifier gave equal scores: pick other queries"
