@@ -31,6 +31,29 @@ QUALITIES = {f"fill, jpeg {q}": (["render.style=fill", f"render.jpeg_quality={q}
 VARIANTS = {**VIEWS, **QUALITIES}
 
 
+def table(rows: list[tuple[str, int, dict]]) -> None:
+    """The Markdown table of (variant, seed, demo_learning's JSON result) rows."""
+    print("\n| variant | seed | val AUROC | colour queries | count queries | hard | pool_other | pool_swap | easy | train s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, seed, r in rows:
+        t, k = r["val_auroc_by_query_type"], r["val_auroc_by_negative_kind"]
+        cell = lambda d, key: f"{d[key]['auroc']:.3f} ({d[key]['n']})" if key in d else "-"
+        kind = lambda key: f"{k[key]:.3f}" if key in k else "-"
+        print(f"| {name} | {seed} | {r['val_auroc']:.3f} | {cell(t, 'colour')} | {cell(t, 'count')} | {kind('hard')} | "
+              f"{kind('pool_other')} | {kind('pool_swap')} | {kind('easy')} | {r['wall_s']['train']:.0f} |")
+
+
+def logged(paths: list[Path]) -> list[tuple[str, int, dict]]:
+    """The rows of this script's logs: its JSON lines, in order ("view" was the name's key before "variant")."""
+    rows = []
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if line.startswith("{"):
+                r = json.loads(line)
+                rows.append((r.get("variant", r.get("view")), r["seed"], r))
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=int, default=200)
@@ -40,7 +63,12 @@ def main() -> int:
     ap.add_argument("--variants", "--views", dest="variants", nargs="+", default=list(VIEWS), choices=list(VARIANTS),
                     help="which variants to run (default: the views; QUALITIES: \"fill, jpeg 95\" ...)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/maskgate-overlay-compare"))
+    ap.add_argument("--table", type=Path, nargs="+", metavar="LOG",
+                    help="run nothing: print the table of the JSON lines of these logs of this script")
     args = ap.parse_args()
+    if args.table:
+        table(logged(args.table))
+        return 0
     rows = []
     # seeds outer, variants inner: each seed's set of variants finishes before the next seed starts
     order = [(seed, name) for seed in dict.fromkeys(args.seeds + args.zoom_seeds) for name in args.variants
@@ -58,14 +86,7 @@ def main() -> int:
         result = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps({"variant": name, "seed": seed, **result}), flush=True)
         rows.append((name, seed, result))
-    print("\n| variant | seed | val AUROC | colour queries | count queries | hard | pool_other | pool_swap | easy | train s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, seed, r in rows:
-        t, k = r["val_auroc_by_query_type"], r["val_auroc_by_negative_kind"]
-        cell = lambda d, key: f"{d[key]['auroc']:.3f} ({d[key]['n']})" if key in d else "-"
-        kind = lambda key: f"{k[key]:.3f}" if key in k else "-"
-        print(f"| {name} | {seed} | {r['val_auroc']:.3f} | {cell(t, 'colour')} | {cell(t, 'count')} | {kind('hard')} | "
-              f"{kind('pool_other')} | {kind('pool_swap')} | {kind('easy')} | {r['wall_s']['train']:.0f} |")
+    table(rows)
     return 0
 
 
