@@ -82,12 +82,12 @@ def write_records(records: Iterable[dict], path: Path, schema: pa.Schema, row_gr
     return n
 
 
-def iter_records(path: Path) -> Iterator[dict]:
+def iter_records(path: Path, columns: list[str] | None = None) -> Iterator[dict]:
     """The records of one parquet file in order, one row group in memory at a time. One thread: read
     with the pool of threads, each thread's allocator kept its own memory and the RSS grew with each file."""
     f = open_parquet(path)
     for i in range(f.num_row_groups):
-        yield from f.read_row_group(i, use_threads=False).to_pylist()
+        yield from f.read_row_group(i, columns=columns, use_threads=False).to_pylist()
 
 
 class ExternalSort:
@@ -209,11 +209,9 @@ def read_table(path: Path, columns: list[str] | None = None) -> list[dict]:
 
 
 def iter_shards(folder: Path, prefix: str, columns: list[str] | None = None) -> Iterator[dict]:
-    """Records of every shard in order, one row group in memory at a time."""
+    """Records of every shard in order, one row group in memory at a time (iter_records of each)."""
     for path in shard_paths(folder, prefix):
-        f = open_parquet(path)
-        for i in range(f.num_row_groups):
-            yield from f.read_row_group(i, columns=columns).to_pylist()
+        yield from iter_records(path, columns)
 
 
 class RowGroups:
