@@ -33,7 +33,9 @@ Configurations (see CONFIGS; names starting `ref-` are the references of the iss
   ref-score-b32      today's score(): base + unmerged adapter, bf16, batch 32, batches prepared in turn
   hf-*               the project's hf path with levers: w = dataloader workers, nogc = no checkpointing,
                      b = micro-batch
-  score-*            scoring with levers: w = workers, merge = evaluate.merge_adapter, compile, b = batch
+  score-*            scoring with levers: w = workers, merge = evaluate.merge_adapter, compile, b = batch,
+                     bv / cv = batched_vision / compile_vision, pf = prefetch, ov = overlap (ov0: overlap
+                     without scoring.VisionTables, as before them); unsloth16-*-d0: train.lora.dropout 0
 
 Predicted gains (before measuring; 617 tokens, H100; the training floor is about 40 examples/s and the
 scoring floor 73 by flops.py's count at 790 TFLOP/s):
@@ -76,16 +78,21 @@ sys.path.insert(0, str(ROOT))
 from maskgate import config  # noqa: E402  (pydantic and yaml only: nothing that imports transformers)
 
 
-def train_cfg(backend="hf", mb=16, gc=True, workers=0, four_bit=False, bv=False) -> dict:
-    """A training configuration: its keys of params.yaml's `train` section (mb "auto": train.micro_batch_size auto)."""
-    return {"kind": "train", "backend": backend, "micro_batch_size": mb, "train": {
+def train_cfg(backend="hf", mb=16, gc=True, workers=0, four_bit=False, bv=False, lora=None) -> dict:
+    """A training configuration: its keys of params.yaml's `train` section (mb "auto": train.micro_batch_size auto),
+    lora: keys of `train.lora` changed."""
+    return {"kind": "train", "backend": backend, "micro_batch_size": mb, "lora": lora or {}, "train": {
         "backend": backend, "gradient_checkpointing": gc, "dataloader_workers": workers, "load_in_4bit": four_bit,
         "batched_vision": bv}}
 
 
-def score_cfg(batch=32, workers=0, merge=False, compile_=False, bv=False, prefetch=False, cv=False, overlap=False) -> dict:
-    """A scoring configuration: its keys of params.yaml's `evaluate` section (speedups.Scoring's, less the batch)."""
-    return {"kind": "score", "batch_size": batch, "evaluate": {
+def score_cfg(batch=32, workers=0, merge=False, compile_=False, bv=False, prefetch=False, cv=False, overlap=False,
+              vision_tables=True) -> dict:
+    """A scoring configuration: its keys of params.yaml's `evaluate` section (speedups.Scoring's, less the batch).
+
+    vision_tables=False (not a params key): overlap as it was before scoring.VisionTables, position ids only, to
+    measure the tables against it in one run."""
+    return {"kind": "score", "batch_size": batch, "vision_tables": vision_tables, "evaluate": {
         "workers": workers, "prefetch": prefetch, "merge_adapter": merge, "compile": compile_, "batched_vision": bv,
         "compile_vision": cv, "overlap": overlap}}
 
@@ -103,6 +110,7 @@ CONFIGS = {
     "unsloth16-nogc-bv-b16": train_cfg("unsloth", 16, gc=False, bv=True),
     "unsloth16-nogc-bv-w4-b16": train_cfg("unsloth", 16, gc=False, workers=4, bv=True),
     "unsloth16-nogc-bv-w4-auto": train_cfg("unsloth", "auto", gc=False, workers=4, bv=True),
+    "unsloth16-nogc-bv-w4-d0-b16": train_cfg("unsloth", 16, gc=False, workers=4, bv=True, lora={"dropout": 0.0}),
     "ref-score-b32": score_cfg(32),
     "hf-w4-gc-b32": train_cfg("hf", 32, gc=True, workers=4),
     "hf-w4-nogc-b8": train_cfg("hf", 8, gc=False, workers=4),
@@ -117,7 +125,11 @@ CONFIGS = {
     "score-merge-compile-bv-pf-auto": score_cfg("auto", merge=True, compile_=True, bv=True, prefetch=True),
     "score-merge-compile-bv-cv-pf-b64": score_cfg(64, merge=True, compile_=True, bv=True, prefetch=True, cv=True),
     "score-merge-compile-bv-cv-pf-auto": score_cfg("auto", merge=True, compile_=True, bv=True, prefetch=True, cv=True),
+    "score-merge-compile-bv-cv-pf-ov0-b64": score_cfg(64, merge=True, compile_=True, bv=True, prefetch=True, cv=True,
+                                                      overlap=True, vision_tables=False),
     "score-merge-compile-bv-cv-pf-ov-b64": score_cfg(64, merge=True, compile_=True, bv=True, prefetch=True, cv=True,
+                                                     overlap=True),
+    "score-merge-compile-bv-cv-w4-ov-b64": score_cfg(64, workers=4, merge=True, compile_=True, bv=True, cv=True,
                                                      overlap=True),
 }
 SMOKE_CONFIGS = ["ref-hf-gc-b16", "ref-unsloth4-b32", "ref-score-b32", "hf-w4-nogc-b8", "score-w4-merge-b32",
@@ -148,6 +160,7 @@ def config_params(base: dict, cfg: dict, warmup: int, steps: int) -> dict:
     p = json.loads(json.dumps(base))
     mb = cfg["micro_batch_size"]
     p["train"].update(cfg["train"])
+    p["train"]["lora"].update(cfg.get("lora", {}))
     p["train"].update(batch_size=AUTO_EFFECTIVE if mb == "auto" else mb, micro_batch_size=mb, epochs=1,
                       eval_examples=0, save_steps=10**6, logging_steps=1, warmup_ratio=0.0)
     p["train"]["max_text_tokens"] = text_budget(base)
@@ -301,6 +314,8 @@ def worker_train(args, spec) -> dict:
     from maskgate.model.train import TrainJob, train
 
     marks, losses, vision_autograd = {}, [], set()
+    profile_steps = spec.get("profile", 0) if torch.cuda.is_available() else 0  # after the timed steps
+    window = Profile()
 
     class Timer(TrainerCallback):
         def on_train_begin(self, a, state, control, model=None, **kw):
@@ -316,11 +331,15 @@ def worker_train(args, spec) -> dict:
             if state.global_step == warmup:
                 sync()
                 marks["t0"] = time.perf_counter()
+            if profile_steps and state.global_step == warmup + steps:
+                window.start()
 
         def on_step_end(self, a, state, control, **kw):
             if state.global_step == warmup + steps:
                 sync()
                 marks["t1"] = time.perf_counter()
+            if profile_steps and state.global_step == warmup + steps + profile_steps:
+                marks["profile"] = window.stop()
 
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "loss" in logs:
@@ -337,7 +356,7 @@ def worker_train(args, spec) -> dict:
             "loss_steps": losses, "loss_measured_mean": sum(measured) / len(measured) if measured else None,
             "loss_first": losses[0]["loss"] if losses else None, "peak_gib": peak_gib(),
             "trainable_params": summary["params"]["trainable"], "cuda": torch.cuda.is_available(),
-            "vision_autograd": sorted(vision_autograd)}
+            "vision_autograd": sorted(vision_autograd), "profile": marks.get("profile")}
 
 
 def worker_score(args, spec) -> dict:
@@ -367,6 +386,10 @@ def worker_score(args, spec) -> dict:
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 1e-3)
     scoring = speedups.Scoring.of(s.evaluate)
+    if not spec.get("vision_tables", True):
+        from maskgate.model.scoring import VisionTables
+
+        VisionTables.__call__ = lambda self, grid_thw: {}  # the tower makes its own tables, as before them
     model = speedups.for_scoring(model, scoring, "bench")
     prompt = s.prompt
     shard_rows = list(tables.iter_shards(Path(spec["rendered"]), "train"))
@@ -386,42 +409,51 @@ def worker_score(args, spec) -> dict:
     seconds = time.perf_counter() - t
     profiled = None
     if spec.get("profile") and cuda:
+        window = Profile()
         try:  # the measurement above is kept whatever happens here
-            profiled = profile_scoring(lambda: score(model, processor, prompt, warm[: spec["profile"] * bs], seq, bs,
-                                                     desc="profiled", **kw))
+            window.start()
+            score(model, processor, prompt, warm[: spec["profile"] * bs], seq, bs, desc="profiled", **kw)
+            profiled = window.stop()
         except Exception as e:
             profiled = {"error": f"{type(e).__name__}: {e}"}
     return {"seconds": seconds, "examples": len(measured), "p_accept": [float(x) for x in p],
             "peak_gib": peak_gib(), "cuda": cuda, "batch_used": bs, "probe_s": round(probe_s, 1), "profile": profiled}
 
 
-def profile_scoring(run) -> dict:
-    """Where the GPU's time goes while `run` scores a few batches: its busy share of the wall time, top kernels.
+class Profile:
+    """Where the GPU's time goes between start() and stop(): its busy share of the wall time, top kernels.
 
-    busy = the union of the CUDA kernels' intervals (any stream) over the wall time of the run: what is left
+    busy = the union of the CUDA kernels' intervals (any stream) over the wall time of the window: what is left
     is the GPU waiting for the CPU (syncs, launches, copies in series), the part overlap and graphs can remove.
     """
-    from torch.profiler import ProfilerActivity, profile
 
-    sync()
-    t = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        run()
+    def start(self):
+        from torch.profiler import ProfilerActivity, profile
+
         sync()
-    wall = time.perf_counter() - t
-    kernels = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
-                     if e.device_type.name == "CUDA" and e.time_range.end > e.time_range.start)
-    busy, end = 0.0, None
-    for start, stop in kernels:  # microseconds; merge overlapping intervals
-        if end is None or start > end:
-            busy, end = busy + (stop - start), stop
-        elif stop > end:
-            busy, end = busy + (stop - end), stop
-    top = sorted((e for e in prof.key_averages() if e.self_device_time_total > 0),
-                 key=lambda e: e.self_device_time_total, reverse=True)[:12]
-    return {"wall_s": round(wall, 3), "gpu_busy_s": round(busy / 1e6, 3), "gpu_busy_share": round(busy / 1e6 / wall, 3),
-            "top": [{"name": e.key[:90], "gpu_s": round(e.self_device_time_total / 1e6, 4), "calls": e.count}
-                    for e in top]}
+        self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+        self.prof.__enter__()
+        self.t = time.perf_counter()
+
+    def stop(self) -> dict:
+        sync()
+        wall = time.perf_counter() - self.t
+        self.prof.__exit__(None, None, None)
+        prof = self.prof
+        kernels = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                         if e.device_type.name == "CUDA" and e.time_range.end > e.time_range.start)
+        busy, end = 0.0, None
+        for start, stop in kernels:  # microseconds; merge overlapping intervals
+            if end is None or start > end:
+                busy, end = busy + (stop - start), stop
+            elif stop > end:
+                busy, end = busy + (stop - end), stop
+        top = sorted((e for e in prof.key_averages() if e.self_device_time_total > 0),
+                     key=lambda e: e.self_device_time_total, reverse=True)[:16]
+        return {"wall_s": round(wall, 3), "gpu_busy_s": round(busy / 1e6, 3),
+                "gpu_busy_share": round(busy / 1e6 / wall, 3),
+                "top": [{"name": e.key[:90], "gpu_s": round(e.self_device_time_total / 1e6, 4), "calls": e.count}
+                        for e in top]}
 
 
 WORKERS = {"matmul": worker_matmul, "build": worker_build, "train": worker_train, "score": worker_score}
@@ -465,7 +497,7 @@ def measure(args, name: str, cfg: dict, base: dict, rows: list[dict], facts: dic
 
     batch = cfg["micro_batch_size"] if cfg["kind"] == "train" else cfg["batch_size"]
     if cfg["kind"] == "train":
-        n = (args.warmup + args.steps) * (AUTO_EFFECTIVE if batch == "auto" else batch)
+        n = (args.warmup + args.steps + args.profile) * (AUTO_EFFECTIVE if batch == "auto" else batch)
     else:
         n = args.score_examples + args.score_warmup
     rendered = write_rendered(rows, n, args.work / f"rendered-{n}")
@@ -484,7 +516,8 @@ def measure(args, name: str, cfg: dict, base: dict, rows: list[dict], facts: dic
     shutil.rmtree(args.work / name, ignore_errors=True)  # checkpoints of an earlier run would be resumed from
     spec = {"kind": cfg["kind"], "params": params, "warmup": args.warmup, "steps": args.steps, "batch": batch,
             "rendered": str(rendered), "model_dir": str(model_dir), "work": str(args.work / name),
-            "examples": args.score_examples, "warmup_examples": args.score_warmup, "profile": args.profile}
+            "examples": args.score_examples, "warmup_examples": args.score_warmup, "profile": args.profile,
+            "vision_tables": cfg.get("vision_tables", True)}
     out = run_worker(args, name, spec, timeout)
     used = out.get("micro_batch") if cfg["kind"] == "train" else out.get("batch_used")
     out.update(kind=cfg["kind"], batch=(f"a{used}" if used else "auto") if batch == "auto" else batch,
@@ -543,12 +576,12 @@ def fmt(v, spec):
 def table(results: dict, rate: dict) -> str:
     lines = [f"bf16 torch.mm {fmt(rate.get('bf16_flops_per_s') and rate['bf16_flops_per_s'] / 1e12, '.0f')} TFLOP/s "
              f"(n={rate.get('matmul_n')}, {rate.get('device', '?')})",
-             f"{'config':34} {'batch':>5} {'ex/s':>7} {'x ref':>6} {'tok/s':>8} {'tok/ex':>6} {'peak GiB':>8} "
+             f"{'config':38} {'batch':>5} {'ex/s':>7} {'x ref':>6} {'tok/s':>8} {'tok/ex':>6} {'peak GiB':>8} "
              f"{'MFU':>6} {'HFU':>6} {'loss':>8} {'|dloss|':>8} {'max|dP|':>8}  status"]
     for name, r in results.items():
         ok = r.get("status") == "ok"
         lines.append(
-            f"{name:34} {r.get('batch', '-'):>5} {fmt(r.get('examples_per_s'), '7.2f')} {fmt(r.get('x_ref'), '6.2f')} "
+            f"{name:38} {r.get('batch', '-'):>5} {fmt(r.get('examples_per_s'), '7.2f')} {fmt(r.get('x_ref'), '6.2f')} "
             f"{fmt(r.get('tokens_per_s'), '8.0f')} {fmt(r.get('tokens_per_example'), '6d')} {fmt(r.get('peak_gib'), '8.1f')} "
             f"{fmt(r.get('mfu'), '6.1%')} {fmt(r.get('hfu'), '6.1%')} {fmt(r.get('loss_measured_mean'), '8.4f')} "
             f"{fmt(r.get('dloss_vs_hf'), '8.4f')} {fmt(r.get('max_dp_vs_ref'), '8.2e')}  {r.get('status') if not ok else 'ok'}")
@@ -574,7 +607,8 @@ def main() -> int:
                     help="seconds for the whole command (0 = no limit): a configuration gets at most what is left, "
                          "less 20 s to print the table, and none is started with under 60 s left")
     ap.add_argument("--profile", type=int, default=0,
-                    help="scoring: after timing, profile this many batches (GPU busy share, top kernels; CUDA only)")
+                    help="after timing, profile this many scoring batches or training steps (GPU busy share, top "
+                         "kernels; CUDA only)")
     ap.add_argument("--smoke", action="store_true", help="CPU check: tiny preset, 64 px, batch 2, 2 steps")
     ap.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -146,3 +146,29 @@ def test_overlap_scores_the_same_and_makes_the_models_position_ids(spread_tiny, 
     own, _ = inner.get_rope_index(batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
                                   image_grid_thw=batch["image_grid_thw"], attention_mask=batch["attention_mask"])
     assert torch.equal(batch["position_ids"], own) and (batch["attention_mask"] == 0).any()  # padding was there
+
+
+def test_overlap_vision_tables_are_the_towers_own_and_are_used(spread_tiny, verifier_prompt):
+    """The vision tables made ahead are what the tower would compute, and it takes them instead of its own."""
+    from transformers import vision_utils as V
+
+    from maskgate.model.scoring import Overlap, batches, launch
+
+    model, processor = spread_tiny
+    examples = [Example(noise_image(32 + 32 * (i % 2), seed=i), f"thing {i}") for i in range(4)]
+    staging = Overlap(model)
+    batch = next(batches(processor, verifier_prompt, examples, 10_000, 4, overlap=staging))
+    grid, tower = batch["image_grid_thw"], model.model.visual
+    assert torch.equal(batch["image_position_ids"], V.get_vision_position_ids(grid, tower.spatial_merge_size))
+    assert torch.equal(batch["image_cu_seqlens"], V.get_vision_cu_seqlens(grid))
+    indices, weights = V.get_vision_interpolation_indices_and_weights(
+        grid, tower.num_grid_per_side, tower.interpolation_mode, tower.interpolation_align_corners,
+        tower.config.spatial_merge_size)
+    assert torch.equal(batch["image_interp_indices"], indices) and torch.equal(batch["image_interp_weights"], weights)
+    assert staging.to_device(batch)["image_cu_seqlens"].device.type == "cpu"  # sdpa: the cuts are only counted
+    model.eval()
+    first = list(answer_first_ids(processor.tokenizer, verifier_prompt))
+    same = launch(model, staging.to_device(batch), first).get()
+    batch["image_interp_weights"] = batch["image_interp_weights"].flip(-1)  # other weights: the tower must see them
+    moved = launch(model, staging.to_device(batch), first).get()
+    assert np.abs(moved - same).max() > 1e-6

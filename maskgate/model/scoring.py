@@ -110,23 +110,70 @@ class RopeIndex:
         return position_ids
 
 
-class Overlap:
-    """evaluate.overlap: the GPU never waits for the CPU between batches; the scores are the same.
+class VisionTables:
+    """The vision tower's per-patch tables of a batch, made on the CPU by the library's own functions.
 
-    Each batch comes with its position ids (RopeIndex) and in pinned memory, is copied to the GPU on a side
-    stream while the batch before still runs, and its scores are read back only after the next batch is
-    queued: the per-batch wait for the scores, the pageable copy and the rope-index loop leave the GPU's path.
+    The tower builds them at the start of its forward from `image_grid_thw` on the GPU: the patch position
+    ids in a Python loop over the images after a GPU-to-CPU read, the position-embedding interpolation after
+    another (an arange of a GPU sum), so the GPU idles at the start of every batch while the CPU queues the
+    little kernels. Made here with the batch (transformers.vision_utils, the functions the tower calls), they
+    go in as the `image_*` inputs its get_image_features accepts in their place (accepts_precomputed_kwargs).
+    The cut points stay on the CPU when the attention is not flash's: the per-image path only lists them and
+    the batched one (vision.py) only counts them, so neither reads the GPU. Plain numbers: pickles for workers.
     """
 
     def __init__(self, model):
-        self.rope = RopeIndex(model)
+        tower = next((m for m in model.modules() if type(m).__name__ == "Qwen3VLVisionModel"), None)
+        if tower is None:
+            raise ValueError("overlap: found no Qwen3VLVisionModel in the model")
+        from transformers.utils.generic import is_flash_attention_requested
+
+        self.merge, self.side = tower.spatial_merge_size, tower.num_grid_per_side
+        self.mode, self.align_corners = tower.interpolation_mode, tower.interpolation_align_corners
+        self.cuts_on_cpu = not is_flash_attention_requested(tower.config)
+
+    def __call__(self, grid_thw: torch.Tensor) -> dict:
+        from transformers import vision_utils as V
+
+        indices, weights = V.get_vision_interpolation_indices_and_weights(
+            grid_thw, num_grid_per_side=self.side, mode=self.mode, align_corners=self.align_corners,
+            spatial_merge_size=self.merge)
+        return {"image_cu_seqlens": V.get_vision_cu_seqlens(grid_thw),
+                "image_position_ids": V.get_vision_position_ids(grid_thw, self.merge),
+                "image_interp_indices": indices, "image_interp_weights": weights}
+
+
+class Ahead:
+    """What Overlap makes on the CPU with each batch (in the prefetch thread or a worker): ids and tables."""
+
+    def __init__(self, model):
+        self.rope, self.vision = RopeIndex(model), VisionTables(model)
+
+    def __call__(self, batch):
+        batch["position_ids"] = self.rope(batch)
+        batch.update(self.vision(batch["image_grid_thw"]))
+        return batch
+
+
+class Overlap:
+    """evaluate.overlap: the GPU never waits for the CPU between batches; the scores are the same.
+
+    Each batch comes with its position ids (RopeIndex) and the vision tower's tables (VisionTables) and in
+    pinned memory, is copied to the GPU on a side stream while the batch before still runs, and its scores are
+    read back only after the next batch is queued: the per-batch wait for the scores, the pageable copy, the
+    rope-index loop and the tower's table loops leave the GPU's path.
+    """
+
+    def __init__(self, model):
+        self.ahead = Ahead(model)
         self.device = model.device
         self.cuda = torch.device(self.device).type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.on_cpu = {"image_cu_seqlens"} if self.ahead.vision.cuts_on_cpu else set()
 
     def prepare(self, batch):
-        """On the CPU, in the prefetch thread or in turn: the position ids added, the tensors pinned."""
-        batch["position_ids"] = self.rope(batch)
+        """On the CPU, in the prefetch thread or in turn: the ids and tables added, the tensors pinned."""
+        batch = self.ahead(batch)
         return BatchFeature({k: v.pin_memory() for k, v in batch.items()}) if self.cuda else batch
 
     def to_device(self, batch):
@@ -134,12 +181,12 @@ class Overlap:
         if not self.cuda:
             return batch.to(self.device)
         with torch.cuda.stream(self.stream):
-            moved = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            moved = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k not in self.on_cpu}
         current = torch.cuda.current_stream(self.device)
         current.wait_stream(self.stream)
         for v in moved.values():  # the copies' memory belongs to the stream that uses it from now on
             v.record_stream(current)
-        return moved
+        return moved | {k: batch[k] for k in self.on_cpu if k in batch}
 
 
 def batches(processor, prompt: Prompt, examples: list[Example], max_length: int, batch_size: int, workers: int = 0,
@@ -163,8 +210,8 @@ def batches(processor, prompt: Prompt, examples: list[Example], max_length: int,
 
         from torch.utils.data import DataLoader
 
-        # the workers get the rope index alone (a config): the side stream stays in this process
-        collate = partial(_worker_batch, processor, prompt, max_length=max_length, rope=overlap and overlap.rope)
+        # the workers get the ids and tables' makers alone (plain numbers): the side stream stays in this process
+        collate = partial(_worker_batch, processor, prompt, max_length=max_length, ahead=overlap and overlap.ahead)
         yield from DataLoader(examples, batch_size=batch_size, shuffle=False, num_workers=workers,
                               collate_fn=collate, prefetch_factor=2, pin_memory=bool(overlap and overlap.cuda))
     elif prefetch and len(starts) > 1:
@@ -181,11 +228,10 @@ def batches(processor, prompt: Prompt, examples: list[Example], max_length: int,
             yield make(start)
 
 
-def _worker_batch(processor, prompt: Prompt, examples: list[Example], max_length: int, rope: RopeIndex | None):
+def _worker_batch(processor, prompt: Prompt, examples: list[Example], max_length: int, ahead: Ahead | None):
     batch = scoring_batch(processor, prompt, examples, max_length)
-    if rope is not None:  # as Overlap.prepare, unpinned: the DataLoader pins it in the main process
-        batch["position_ids"] = rope(batch)
-    return batch
+    # as Overlap.prepare, unpinned: the DataLoader pins it in the main process
+    return batch if ahead is None else ahead(batch)
 
 
 def score(

@@ -10,7 +10,7 @@ head_dim): the same kernel on the same rows, so the same bits (tests/test_vision
 the per-image loop; bench/throughput.py on the GPU).
 
 How: a forward pre-hook on the vision model reads `grid_thw` once per forward (one sync instead of one
-per layer) and, when all images share one grid, tells the attention layers how many images there are;
+per layer; none when the cut points come made ahead on the CPU, scoring.VisionTables) and, when all images share one grid, tells the attention layers how many images there are;
 each attention layer's forward then takes the batched path. Anything else (images of several sizes,
 output_attentions, an attention implementation other than sdpa) runs the library's own code.
 
@@ -41,6 +41,12 @@ def _equal_grids(grid_thw) -> int | None:
     rows = grid_thw.tolist()
     sizes = {h * w for _, h, w in rows}
     return sum(t for t, _, _ in rows) if len(sizes) == 1 else None
+
+
+def _equal_cuts(cu_seqlens) -> int | None:
+    """The same from the segments' cut points, when they came made ahead on the CPU: no read of the GPU."""
+    sizes = set((cu_seqlens[1:] - cu_seqlens[:-1]).tolist())
+    return len(cu_seqlens) - 1 if len(sizes) == 1 else None
 
 
 def _batched_attention(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
@@ -83,6 +89,10 @@ def batch_vision_attention(model, where: str = "model", print_fn=print) -> bool:
                 m.forward = types.MethodType(_batched_attention, m)
 
         def before(module, args, kwargs, batch=batch):
+            cuts = kwargs.get("cu_seqlens")  # scoring.VisionTables' image_cu_seqlens, prefix stripped
+            if torch.is_tensor(cuts) and cuts.device.type == "cpu":
+                batch.images = _equal_cuts(cuts)
+                return
             grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
             batch.images = _equal_grids(grid) if torch.is_tensor(grid) else None
 
