@@ -10,8 +10,9 @@ head_dim): the same kernel on the same rows, so the same bits (tests/test_vision
 the per-image loop; bench/throughput.py on the GPU).
 
 How: a forward pre-hook on the vision model reads `grid_thw` once per forward (one sync instead of one
-per layer; none when the cut points come made ahead on the CPU, scoring.VisionTables) and, when all images share one grid, tells the attention layers how many images there are;
-each attention layer's forward then takes the batched path. Anything else (images of several sizes,
+per layer; none when the cut points come made ahead on the CPU, scoring.VisionTables) and, when all
+images share one grid, tells the attention layers how many images there are; each attention layer's
+forward then takes the batched path. Anything else (images of several sizes,
 output_attentions, an attention implementation other than sdpa) runs the library's own code.
 
 The vision tower is frozen in training (LoRA targets the language model only), so this is one forward
