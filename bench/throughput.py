@@ -35,7 +35,8 @@ Configurations (see CONFIGS; names starting `ref-` are the references of the iss
                      b = micro-batch
   score-*            scoring with levers: w = workers, merge = evaluate.merge_adapter, compile, b = batch,
                      bv / cv = batched_vision / compile_vision, pf = prefetch, ov = overlap (ov0: overlap
-                     without scoring.VisionTables, as before them); unsloth16-*-d0: train.lora.dropout 0
+                     without scoring.VisionTables, as before them); unsloth16-*-d0: train.lora.dropout 0;
+                     unsloth16-*-ah0: the model makes its own position ids and vision tables (before scoring.Ahead)
 
 Predicted gains (before measuring; 617 tokens, H100; the training floor is about 40 examples/s and the
 scoring floor 73 by flops.py's count at 790 TFLOP/s):
@@ -78,10 +79,11 @@ sys.path.insert(0, str(ROOT))
 from maskgate import config  # noqa: E402  (pydantic and yaml only: nothing that imports transformers)
 
 
-def train_cfg(backend="hf", mb=16, gc=True, workers=0, four_bit=False, bv=False, lora=None) -> dict:
+def train_cfg(backend="hf", mb=16, gc=True, workers=0, four_bit=False, bv=False, lora=None, ahead=True) -> dict:
     """A training configuration: its keys of params.yaml's `train` section (mb "auto": train.micro_batch_size auto),
-    lora: keys of `train.lora` changed."""
-    return {"kind": "train", "backend": backend, "micro_batch_size": mb, "lora": lora or {}, "train": {
+    lora: keys of `train.lora` changed; ahead=False (not a params key): the model makes its own position ids
+    and vision tables, as before the collator made them (scoring.Ahead), to measure them in one run."""
+    return {"kind": "train", "backend": backend, "micro_batch_size": mb, "lora": lora or {}, "ahead": ahead, "train": {
         "backend": backend, "gradient_checkpointing": gc, "dataloader_workers": workers, "load_in_4bit": four_bit,
         "batched_vision": bv}}
 
@@ -110,6 +112,7 @@ CONFIGS = {
     "unsloth16-nogc-bv-b16": train_cfg("unsloth", 16, gc=False, bv=True),
     "unsloth16-nogc-bv-w4-b16": train_cfg("unsloth", 16, gc=False, workers=4, bv=True),
     "unsloth16-nogc-bv-w4-auto": train_cfg("unsloth", "auto", gc=False, workers=4, bv=True),
+    "unsloth16-nogc-bv-w4-ah0-b16": train_cfg("unsloth", 16, gc=False, workers=4, bv=True, ahead=False),
     "unsloth16-nogc-bv-w4-d0-b16": train_cfg("unsloth", 16, gc=False, workers=4, bv=True, lora={"dropout": 0.0}),
     "ref-score-b32": score_cfg(32),
     "hf-w4-gc-b32": train_cfg("hf", 32, gc=True, workers=4),
@@ -314,6 +317,10 @@ def worker_train(args, spec) -> dict:
     from maskgate.model.train import TrainJob, train
 
     marks, losses, vision_autograd = {}, [], set()
+    if not spec.get("ahead", True):
+        from maskgate.model import scoring
+
+        scoring.Ahead.__call__ = lambda self, batch: batch  # the model makes its own ids and tables
     profile_steps = spec.get("profile", 0) if torch.cuda.is_available() else 0  # after the timed steps
     window = Profile()
 
@@ -517,7 +524,7 @@ def measure(args, name: str, cfg: dict, base: dict, rows: list[dict], facts: dic
     spec = {"kind": cfg["kind"], "params": params, "warmup": args.warmup, "steps": args.steps, "batch": batch,
             "rendered": str(rendered), "model_dir": str(model_dir), "work": str(args.work / name),
             "examples": args.score_examples, "warmup_examples": args.score_warmup, "profile": args.profile,
-            "vision_tables": cfg.get("vision_tables", True)}
+            "vision_tables": cfg.get("vision_tables", True), "ahead": cfg.get("ahead", True)}
     out = run_worker(args, name, spec, timeout)
     used = out.get("micro_batch") if cfg["kind"] == "train" else out.get("batch_used")
     out.update(kind=cfg["kind"], batch=(f"a{used}" if used else "auto") if batch == "auto" else batch,

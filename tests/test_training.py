@@ -223,6 +223,25 @@ def test_batched_vision_trains_bitwise_like_the_library_path(straight, rendered,
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_ids_and_tables_made_ahead_train_bitwise_like_the_models_own(rendered, tmp_path, monkeypatch):
+    """The collator's position ids and vision tables (scoring.Ahead) change speed only: same losses, same adapter."""
+    import torch
+
+    from maskgate.model import scoring
+
+    made, own = [], scoring.Ahead.__call__
+    monkeypatch.setattr(scoring.Ahead, "__call__", lambda self, batch: made.append(1) or own(self, batch))
+    ahead = run(tiny_params(), rendered, tmp_path / "ahead")
+    assert made, "the collator did not make the ids and tables"
+    monkeypatch.setattr(scoring.Ahead, "__call__", lambda self, batch: batch)  # the model makes its own
+    plain = run(tiny_params(), rendered, tmp_path / "plain")
+    assert plain["train_loss"] == ahead["train_loss"]
+    loss = "live/plots/metrics/train/loss.tsv"
+    assert (tmp_path / "plain" / loss).read_text() == (tmp_path / "ahead" / loss).read_text()
+    ours, theirs = adapter_weights(tmp_path / "ahead"), adapter_weights(tmp_path / "plain")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_micro_batch_auto_without_a_gpu(rendered, tmp_path, capsys):
     """auto on a CPU: autobatch.CPU_BATCH (or the largest divisor of the batch under it), said, and recorded."""
     summary = run(tiny_params(batch_size=6, micro_batch_size="auto"), rendered, tmp_path)

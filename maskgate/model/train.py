@@ -156,15 +156,21 @@ def check_prompt(dataset, prompt, split: str) -> None:
 
 
 class Collator:
-    """Shard rows -> a training batch: answer-only labels, length check, no truncation (batching.training_batch)."""
+    """Shard rows -> a training batch: answer-only labels, length check, no truncation (batching.training_batch).
 
-    def __init__(self, processor, prompt, max_length: int):
-        self.processor, self.prompt, self.max_length = processor, prompt, max_length
+    With `ahead` (scoring.Ahead) each batch also carries the language model's position ids and the vision
+    tower's tables, made here on the CPU (in the loader's workers) by the library's own functions, so the
+    model skips its per-row rope-index loop and per-image table loop on the GPU: the same values, so the
+    same losses (tests/test_training.py)."""
+
+    def __init__(self, processor, prompt, max_length: int, ahead=None):
+        self.processor, self.prompt, self.max_length, self.ahead = processor, prompt, max_length, ahead
 
     def __call__(self, rows: list[dict]):
         from maskgate.model.batching import to_example, training_batch  # torch: once the backend is chosen
 
-        return training_batch(self.processor, self.prompt, [to_example(r) for r in rows], self.max_length)
+        batch = training_batch(self.processor, self.prompt, [to_example(r) for r in rows], self.max_length)
+        return batch if self.ahead is None else self.ahead(batch)
 
 
 def check_lengths(processor, prompt, datasets_: dict, seq_len: int, image_tokens: int) -> None:
@@ -280,6 +286,7 @@ def train(
     from trl import SFTConfig, SFTTrainer
 
     from maskgate.model import qwen as M
+    from maskgate.model.scoring import Ahead
 
     out_dir, checkpoints, live_dir = Path(out_dir), Path(checkpoints), Path(live_dir)
     prompt, seed, preset = job.prompt, job.seed, job.model.preset
@@ -382,7 +389,7 @@ def train(
     trainer = trainer_class(SFTTrainer)(
         model=model,
         args=args,
-        data_collator=Collator(processor, prompt, seq_len),
+        data_collator=Collator(processor, prompt, seq_len, ahead=Ahead(model)),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=processor,
