@@ -97,7 +97,7 @@ class RopeIndex:
     def __init__(self, model):
         inner = next((m for m in model.modules() if type(m).__name__ == "Qwen3VLModel"), None)
         if inner is None:
-            raise ValueError("overlap: found no Qwen3VLModel in the model")
+            raise ValueError("position ids made ahead: found no Qwen3VLModel in the model")
         self.config, self._cls = inner.config, type(inner)
 
     def get_vision_position_ids(self, *args, **kwargs):
@@ -125,7 +125,7 @@ class VisionTables:
     def __init__(self, model):
         tower = next((m for m in model.modules() if type(m).__name__ == "Qwen3VLVisionModel"), None)
         if tower is None:
-            raise ValueError("overlap: found no Qwen3VLVisionModel in the model")
+            raise ValueError("vision tables made ahead: found no Qwen3VLVisionModel in the model")
         from transformers.utils.generic import is_flash_attention_requested
 
         self.merge, self.side = tower.spatial_merge_size, tower.num_grid_per_side
@@ -144,7 +144,8 @@ class VisionTables:
 
 
 class Ahead:
-    """What Overlap makes on the CPU with each batch (in the prefetch thread or a worker): ids and tables."""
+    """The position ids and vision tables of a batch, made on the CPU ahead of the GPU: by Overlap.prepare (the
+    prefetch thread or a worker) in scoring, by the training collator (the loader's workers) in training."""
 
     def __init__(self, model):
         self.rope, self.vision = RopeIndex(model), VisionTables(model)
