@@ -41,12 +41,12 @@ kind that is on, `{kind: {split: {single_mask_group | no_other_mask: rows, short
 same masks as another candidate, or fewer options than wanted). Kinds that are off add no key.
 
 Memory (build): a split's rows file is read twice, never held. The first pass writes every candidate
-(row, group) as one record of a flat file beside the output (StoredCandidates) and keeps only where each
-record and each image's candidates start; the second streams the rows image by image (prepare writes
-them sorted by image), so one image's rows, with their groups and pools, are in memory at a time: hard,
-pool and instance candidates come from the same image, and an easy one drawn from another image is read
-back from the flat file. make_examples, for rows given as a list, holds their candidates instead
-(HeldCandidates); both draw the same negatives.
+(row, group) as one record of a flat file in the output's temporary folder (StoredCandidates) and keeps
+only where each record and each image's candidates start; the second streams the rows image by image
+(prepare writes them sorted by image), so one image's rows, with their groups and pools, are in memory
+at a time: hard, pool and instance candidates come from the same image, and an easy one drawn from
+another image is read back from the flat file. make_examples, for rows given as a list, holds their
+candidates instead (HeldCandidates); both draw the same negatives.
 
 Deterministic: each row draws hard and easy from its own generator seeded by (seed, row id), and
 each instance kind from a generator of its own seeded by (seed, row id, kind), so turning an
