@@ -320,3 +320,108 @@ def test_max_easy_fill_share_is_checked(params, bad):
     params["negatives"]["max_easy_fill_share"] = bad
     with pytest.raises(config.ParamsError, match=r"negatives\.max_easy_fill_share must be in \[0, 1\]"):
         settings(params)
+
+
+# ----------------------------------------------------------------------------- the stage streams its rows
+
+def generated_prepared(folder, seed=0):
+    """rows-{split}.parquet written as prepare writes them (sorted by image, then row id): images of two
+    sizes (easy negatives get scaled) with 1-4 rows each, a second group on some rows, groups of 1-3
+    boxes (a box listed twice now and then) and pools with more boxes and one-pixel near copies (refused
+    by max_iou). The negatives stage reads nothing else of the folder."""
+    from maskgate.data.prepared import ROW_SCHEMA, SPLITS
+
+    rng = np.random.default_rng(seed)
+
+    def box(h, w):
+        y0, x0 = int(rng.integers(0, h - 4)), int(rng.integers(0, w - 4))
+        return box_mask(h, w, y0, int(rng.integers(y0 + 2, h + 1)), x0, int(rng.integers(x0 + 2, w + 1)))
+
+    folder.mkdir(parents=True)
+    for split, n_images in zip(SPLITS, (24, 8, 5)):
+        records = []
+        for i in range(n_images):
+            h, w = (40, 60) if i % 3 else (64, 48)
+            objects = [box(h, w) for _ in range(int(rng.integers(2, 7)))]
+            near = objects[0].copy()
+            near[(h - 1) if near[0, 0] else 0, 0] = True
+            pool = [masks.encode(m) for m in objects + [near]]
+            for r in range(int(rng.integers(1, 5))):
+                groups = []
+                for _ in range(1 + (rng.random() < 0.3)):
+                    pick = rng.choice(len(pool), int(rng.integers(1, 4)), replace=False)
+                    groups.append([pool[j] for j in pick] + [pool[pick[0]]] * (rng.random() < 0.1))
+                records.append({"row_id": f"{split}-{i:02d}-{r}", "image": f"{split}/img{i:02d}.jpg",
+                                "query": f"query {r}", "height": h, "width": w, "groups": groups, "pool": pool})
+        tables.write_records(sorted(records, key=prepare.row_key), folder / f"rows-{split}.parquet", ROW_SCHEMA)
+    return folder
+
+
+STREAM_CFGS = {
+    "defaults": cfg(),
+    "pool_hard": cfg(pool_hard=True),
+    "instances": cfg(missing_instance=1, extra_instance=2),
+    "all_on": cfg(per_positive=6, hard_fraction=1.0, max_iou=0.8, pool_hard=True, missing_instance=2,
+                  extra_instance=1),
+    "easy_only": cfg(per_positive=3, hard_fraction=0.0),
+}
+
+
+def output_digest(out, report) -> str:
+    """The report and every split's records (not the parquet bytes, which name the pyarrow version)."""
+    import pyarrow.parquet as pq
+
+    tables_ = {p.name: pq.read_table(p).to_pylist() for p in sorted(out.iterdir())}
+    return hashlib.sha256(json.dumps([report, tables_], sort_keys=True).encode()).hexdigest()
+
+
+# The digests of build's output on generated_prepared for each STREAM_CFGS entry, made by the code before
+# build streamed its rows (commit 2f665f1, every row and candidate held): the streamed build must give
+# exactly those examples and reports.
+BEFORE_STREAMING = {
+    "defaults": "4b3798c3e719fe1aa409baa5638360d4182e917fd0b60178b03605b8bf568966",
+    "pool_hard": "ce3b21d3a1dcc9516fdd7b2109eac9feda729eb0df5e02afb73a1949fbf090b7",
+    "instances": "8a7300fe516dd1a09f97cc32907609db596a78589dd65dedfdff67295e4e262a",
+    "all_on": "012122a685ff42e30aa20f21c6b717dce6c8533209423ea1ba944556eb93e447",
+    "easy_only": "ed0a3354e314c3927224962516fd31b71bd576ef4a6301ce342e8f2ddfad6af4",
+}
+
+
+@pytest.mark.parametrize("name", sorted(STREAM_CFGS))
+def test_streamed_build_gives_the_output_of_before(tmp_path, name):
+    prepared = generated_prepared(tmp_path / "prepared")
+    report = negatives.build(prepared, tmp_path / "out", STREAM_CFGS[name], seed=0)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test.parquet", "train.parquet", "val.parquet"]
+    assert output_digest(tmp_path / "out", report) == BEFORE_STREAMING[name]
+
+
+def test_stored_candidates_answer_as_held_ones(tmp_path):
+    from maskgate.data.prepared import read_rows
+
+    prepared = generated_prepared(tmp_path / "prepared")
+    held = negatives.HeldCandidates(negatives.candidates_by_image(read_rows(prepared, "train")))
+    with negatives.StoredCandidates(prepared / "rows-train.parquet", tmp_path / "flat") as stored:
+        assert len(stored) == len(held) == 24 and stored.rows == len(read_rows(prepared, "train"))
+        for j in range(len(held)):
+            assert stored.count(j) == held.count(j)
+            assert [stored.get(j, k) for k in range(stored.count(j))] == [held.get(j, k) for k in range(held.count(j))]
+    assert not (tmp_path / "flat").exists()
+
+
+def test_rows_not_sorted_by_image_fail_naming_the_row(tmp_path):
+    from maskgate.data.prepared import ROW_SCHEMA, read_rows
+
+    prepared = generated_prepared(tmp_path / "prepared")
+    rows = read_rows(prepared, "val")
+    last = rows[-1]["image"]
+    moved = [r for r in rows if r["image"] == last][0]
+    rows.remove(moved)
+    rows.insert(0, moved)  # the last image's first row now comes first: that image has two runs
+    tables.write_records(rows, prepared / "rows-val.parquet", ROW_SCHEMA)
+    with pytest.raises(ValueError, match=rf"rows-val\.parquet: row {rows[1]['row_id']}: image .* comes after "
+                                         rf"{last}: the rows are not sorted by image; re-run prepare"):
+        negatives.build(prepared, tmp_path / "out", cfg(), seed=0)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="not sorted by image"):
+        negatives.StoredCandidates(prepared / "rows-val.parquet", tmp_path / "flat")
+    assert not (tmp_path / "flat").exists()

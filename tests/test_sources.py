@@ -7,7 +7,7 @@ import pytest
 
 from maskgate.data import demo
 from maskgate.data import sources
-from tests.conftest import box_mask, jpeg_bytes, make_row, rle
+from tests.conftest import box_mask, jpeg_bytes, make_row, rle, settings
 
 ROW = make_row("r0", "a.jpg", "the box", [rle(box_mask(40, 60, 0, 9, 0, 9))], [[0]])
 
@@ -27,6 +27,30 @@ def test_local_rows_formats(tmp_path, fmt):
     rows, store = source.rows["train"], source.images
     assert [r["id"] for r in rows] == ["r0"]
     assert store.read("a.jpg")[:2] == b"\xff\xd8"
+
+
+def test_local_parquet_is_read_row_group_by_row_group(tmp_path, monkeypatch, params):
+    from maskgate.data.validation import Validation
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(jpeg_bytes(40, 60))
+    rows = [{**ROW, "id": f"r{i}"} for i in range(7)]
+    rows[5]["gt_mask_group"] = [[3]]  # in the third row group: its skip must still name it
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet", row_group_size=2)
+    assert pq.ParquetFile(tmp_path / "rows.parquet").num_row_groups == 4
+
+    def whole(*args, **kwargs):
+        raise AssertionError("the rows file was read whole")
+
+    monkeypatch.setattr(pq.ParquetFile, "read", whole)
+    monkeypatch.setattr(pq, "read_table", whole)
+    source = sources.load_local(tmp_path)
+    raws = list(source.rows["train"])
+    assert raws == pa.Table.from_pylist(rows).to_pylist()  # the same rows in the same order
+    s = settings(params)
+    check = Validation(source.images, s.prepare.mask_size_mismatch, s.limits)
+    assert [r.row_id for r in check.rows(raws)] == ["r0", "r1", "r2", "r3", "r4", "r6"]
+    assert check.skipped()["examples"]["index_out_of_range"].startswith("row 5 (id r5): ")
 
 
 def test_local_errors_are_clear(tmp_path):

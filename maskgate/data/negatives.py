@@ -40,6 +40,14 @@ kind that is on, `{kind: {split: {single_mask_group | no_other_mask: rows, short
 `short` counts candidates wanted but not made in rows that could make the kind (refused by IoU, the
 same masks as another candidate, or fewer options than wanted). Kinds that are off add no key.
 
+Memory (build): a split's rows file is read twice, never held. The first pass writes every candidate
+(row, group) as one record of a flat file in the output's temporary folder (StoredCandidates) and keeps
+only where each record and each image's candidates start; the second streams the rows image by image
+(prepare writes them sorted by image), so one image's rows, with their groups and pools, are in memory
+at a time: hard, pool and instance candidates come from the same image, and an easy one drawn from
+another image is read back from the flat file. make_examples, for rows given as a list, holds their
+candidates instead (HeldCandidates); both draw the same negatives.
+
 Deterministic: each row draws hard and easy from its own generator seeded by (seed, row id), and
 each instance kind from a generator of its own seeded by (seed, row id, kind), so turning an
 instance kind on leaves the hard and easy negatives (and the other instance kind) unchanged. The
@@ -49,8 +57,13 @@ and changes only the slots that were filled with easy ones.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+from array import array
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -118,12 +131,96 @@ def instance_counts(cfg: Negatives) -> dict[str, int]:
 
 
 def candidates_by_image(rows: list[dict]) -> dict[str, list[Candidate]]:
-    """Every ground-truth group of each image, one candidate per (row, group)."""
+    """Every ground-truth group of each image, one candidate per (row, group), in row then group order."""
     out: dict[str, list[Candidate]] = defaultdict(list)
     for r in rows:
         for gi, g in enumerate(r["groups"]):
             out[r["image"]].append(Candidate(r["row_id"], gi, r["image"], r["height"], r["width"], tuple(g)))
     return dict(out)
+
+
+# Where easy negatives are drawn from: a split's images in sorted order, image j's candidates in row then
+# group order; `count(j)` of them, `get(j, k)` the k-th. Two kinds, the same answers: HeldCandidates
+# (make_examples) and StoredCandidates (build).
+
+class HeldCandidates:
+    """The candidates of rows held in memory, by image."""
+
+    def __init__(self, by_image: dict[str, list[Candidate]]):
+        self.by_image, self.images = by_image, sorted(by_image)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def count(self, j: int) -> int:
+        return len(self.by_image[self.images[j]])
+
+    def get(self, j: int, k: int) -> Candidate:
+        return self.by_image[self.images[j]][k]
+
+
+class StoredCandidates:
+    """The candidates of a split's rows file, written to a flat file at `path` (one JSON record each, in
+    file order) by one pass over the rows; in memory only where each record and each image's candidates
+    start (numpy offsets, 8 bytes a candidate and an image). `get` reads one record back with os.pread:
+    not an mmap, whose pages would count in the process's RSS as the draws touch them.
+
+    The rows must be sorted by image, as prepare writes them (by image, then row id): then the j-th run
+    of rows of one image in the file is the j-th image in sorted order, the order easy draws index, and
+    the second pass (iter_stored_examples) needs nothing but the run's number. ValueError naming the row
+    otherwise. `rows`: how many the file holds. A context manager: the flat file is removed at the end.
+    """
+
+    COLUMNS = ["row_id", "image", "height", "width", "groups"]  # the pool and query are not candidates'
+
+    def __init__(self, rows_path: Path, path: Path):
+        self.path = Path(path)
+        ends, image_ends = array("q"), array("q")  # compact while they grow (a list holds an object per int)
+        previous, at, self.rows = None, 0, 0
+        try:
+            with self.path.open("wb") as f:
+                for r in tables.iter_records(rows_path, self.COLUMNS):
+                    if previous is not None and r["image"] != previous:
+                        if r["image"] < previous:
+                            raise ValueError(f"{rows_path}: row {r['row_id']}: image {r['image']} comes after "
+                                             f"{previous}: the rows are not sorted by image; re-run prepare")
+                        image_ends.append(len(ends))
+                    if not r["groups"]:  # every image then has a candidate: its run's number is its index
+                        raise ValueError(f"{rows_path}: row {r['row_id']}: no ground-truth group; re-run prepare")
+                    for gi, g in enumerate(r["groups"]):
+                        record = json.dumps([r["row_id"], gi, r["image"], r["height"], r["width"], g]).encode()
+                        f.write(record)
+                        at += len(record)
+                        ends.append(at)
+                    previous = r["image"]
+                    self.rows += 1
+        except BaseException:
+            self.path.unlink(missing_ok=True)
+            raise
+        if previous is not None:
+            image_ends.append(len(ends))
+        self.starts = np.concatenate([[0], np.asarray(ends, np.int64)])  # record i: bytes starts[i]..starts[i+1]
+        self.image_starts = np.concatenate([[0], np.asarray(image_ends, np.int64)])  # image j: these records
+        self.fd = os.open(self.path, os.O_RDONLY)
+
+    def __enter__(self) -> StoredCandidates:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+        self.path.unlink()
+
+    def __len__(self) -> int:
+        return len(self.image_starts) - 1
+
+    def count(self, j: int) -> int:
+        return int(self.image_starts[j + 1] - self.image_starts[j])
+
+    def get(self, j: int, k: int) -> Candidate:
+        i = self.image_starts[j] + k
+        start, end = int(self.starts[i]), int(self.starts[i + 1])
+        row_id, group, image, height, width, counts = json.loads(os.pread(self.fd, end - start, start))
+        return Candidate(row_id, group, image, height, width, tuple(counts))
 
 
 def example(row: dict, c: Candidate, kind: str, index: int) -> dict:
@@ -135,9 +232,12 @@ def example(row: dict, c: Candidate, kind: str, index: int) -> dict:
     }
 
 
-def negatives_for_row(row: dict, pool: dict[str, list[Candidate]], images: list[str], cfg: Negatives,
-                      seed: int, counts: Counter, position: dict[str, int] | None = None) -> list[dict]:
-    """The positive example of `row` followed by its negatives: hard, easy, then the instance kinds."""
+def negatives_for_row(row: dict, same_image: list[Candidate], candidates: HeldCandidates | StoredCandidates,
+                      own: int, cfg: Negatives, seed: int, counts: Counter) -> list[dict]:
+    """The positive example of `row` followed by its negatives: hard, easy, then the instance kinds.
+
+    `same_image`: the candidates of the row's image (its own groups included); `candidates`: the split's,
+    for easy draws, where the row's image is the `own`-th."""
     if cfg.pool_hard and row.get("pool") is None:  # checked on every row, needed or not: a stale folder fails loudly
         raise ValueError(f"row {row['row_id']}: no mask pool in the prepared rows; negatives.pool_hard needs "
                          "the pool that prepare keeps: re-run prepare")
@@ -159,11 +259,11 @@ def negatives_for_row(row: dict, pool: dict[str, list[Candidate]], images: list[
         return True
 
     want_hard = hard_slots(cfg)
-    same_image = [c for c in pool[row["image"]] if (c.row_id, c.group) != (right.row_id, 0)]
-    for i in rng.permutation(len(same_image)):
+    others = [c for c in same_image if (c.row_id, c.group) != (right.row_id, 0)]
+    for i in rng.permutation(len(others)):
         if sum(kind == "hard" for _, kind in chosen) == want_hard:
             break
-        accept(same_image[i], "hard")
+        accept(others[i], "hard")
     if cfg.pool_hard and len(chosen) < want_hard:
         for c, kind in pool_options(row, right, want_hard - len(chosen), row_rng(seed, row["row_id"], "pool")):
             if len(chosen) == want_hard:
@@ -173,15 +273,14 @@ def negatives_for_row(row: dict, pool: dict[str, list[Candidate]], images: list[
 
     # The j-th of the other images, without building their list per row (that made a split quadratic in
     # its images: 22k images x 100k rows at MaskGroups-HQ scale); the same draws as indexing that list.
-    own = (position or {img: i for i, img in enumerate(images)}).get(row["image"])
-    n_others = len(images) - (own is not None)
+    n_others = len(candidates) - 1
     used: set[tuple[str, int]] = set()
     for _ in range((k - len(chosen)) * EASY_TRIES):
         if len(chosen) == k or not n_others:
             break
         j = int(rng.integers(n_others))
-        img = images[j + 1 if own is not None and j >= own else j]
-        c = pool[img][int(rng.integers(len(pool[img])))]
+        j += j >= own
+        c = candidates.get(j, int(rng.integers(candidates.count(j))))
         if (c.row_id, c.group) in used:
             continue
         used.add((c.row_id, c.group))
@@ -191,7 +290,7 @@ def negatives_for_row(row: dict, pool: dict[str, list[Candidate]], images: list[
     for kind, want in instance_counts(cfg).items():
         if not want:
             continue
-        options = instance_options(row, right, pool, kind)
+        options = instance_options(row, right, same_image, kind)
         if not options:  # a counted skip: the report says how many rows could not make this kind
             counts[INSTANCE_KINDS[kind]] += 1
             continue
@@ -222,7 +321,7 @@ def pool_options(row: dict, right: Candidate, want: int, rng: np.random.Generato
         yield Candidate(right.row_id, POOL_GROUP, right.image, right.height, right.width, group), kind
 
 
-def instance_options(row: dict, right: Candidate, pool: dict[str, list[Candidate]], kind: str) -> list[Candidate]:
+def instance_options(row: dict, right: Candidate, same_image: list[Candidate], kind: str) -> list[Candidate]:
     """Every candidate of an instance kind for this row; empty when the row cannot make the kind.
 
     missing_instance: the right group without one of its distinct masks (a group may list one mask
@@ -239,7 +338,7 @@ def instance_options(row: dict, right: Candidate, pool: dict[str, list[Candidate
                           tuple(c for c in right.counts if c != drop)) for drop in distinct]
     inside, sources = set(distinct), {}
     # sorted by (row id, group): the options and their provenance do not depend on the order of rows
-    for c in sorted(pool[row["image"]], key=lambda c: (c.row_id, c.group)):
+    for c in sorted(same_image, key=lambda c: (c.row_id, c.group)):
         for m in scaled_to(c, right.height, right.width).counts:
             if m not in inside and m not in sources:
                 sources[m] = c
@@ -248,15 +347,13 @@ def instance_options(row: dict, right: Candidate, pool: dict[str, list[Candidate
 
 
 def iter_examples(rows: list[dict], cfg: Negatives, seed: int, counts: Counter, progress=None):
-    """The examples of one split, row by row in row order (each row's list); `counts` filled as they go.
-
-    The rows and their candidate groups stay in memory (an easy negative may come from any image), but
-    the examples, several per row with their masks, are handed on as they are made and never held."""
-    pool = candidates_by_image(rows)
-    images = sorted(pool)
-    position = {img: i for i, img in enumerate(images)}
+    """The examples of rows given as a list (in any order), row by row in that order (each row's list);
+    `counts` filled as they go. The rows' candidates are held (HeldCandidates); build streams instead."""
+    by_image = candidates_by_image(rows)
+    candidates = HeldCandidates(by_image)
+    position = {img: i for i, img in enumerate(candidates.images)}
     for row in rows:
-        yield negatives_for_row(row, pool, images, cfg, seed, counts, position)
+        yield negatives_for_row(row, by_image[row["image"]], candidates, position[row["image"]], cfg, seed, counts)
         if progress is not None:
             progress.update(1)
 
@@ -265,6 +362,20 @@ def make_examples(rows: list[dict], cfg: Negatives, seed: int, progress=None) ->
     """All examples of one split, in row order, and the counts for the report."""
     counts: Counter = Counter()
     return [e for made in iter_examples(rows, cfg, seed, counts, progress) for e in made], counts
+
+
+def iter_stored_examples(rows_path: Path, candidates: StoredCandidates, cfg: Negatives, seed: int, counts: Counter,
+                         progress=None):
+    """The examples of a split's rows file, row by row in file order, as iter_examples gives them for its
+    rows: read image by image, one image's rows in memory at a time; easy draws from `candidates`, made
+    from the same file (which checked that its rows are sorted by image, so the j-th run is image j)."""
+    for own, (image, rows) in enumerate(groupby(tables.iter_records(rows_path), key=itemgetter("image"))):
+        rows = list(rows)
+        same_image = candidates_by_image(rows)[image]
+        for row in rows:
+            yield negatives_for_row(row, same_image, candidates, own, cfg, seed, counts)
+            if progress is not None:
+                progress.update(1)
 
 
 EXAMPLE_SCHEMA = pa.schema([
@@ -276,29 +387,30 @@ EXAMPLE_SCHEMA = pa.schema([
 
 def build(prepared: Path, out_dir: Path, cfg: Negatives, seed: int) -> dict:
     """Examples for every split of the prepare output, written as `{split}.parquet`; the report."""
-    from maskgate.data.prepared import SPLITS, read_rows
+    from maskgate.data.prepared import SPLITS
 
     report: dict = {"examples": {}, "kinds": {}, "refused_iou": {}, "filled_with_easy": {}, "hard_slots": {},
                     "easy_fill_share": {}, "short": {}}
     with tables.atomic_dir(out_dir) as tmp:
         for split in SPLITS:
-            rows = read_rows(prepared, split)
+            rows_path = Path(prepared) / f"rows-{split}.parquet"
             counts, kinds = Counter(), Counter()
+            with StoredCandidates(rows_path, tmp / f".candidates-{split}") as candidates:
 
-            def streamed():
-                for made in iter_examples(rows, cfg, seed, counts, progress=bar):
-                    kinds.update(e["kind"] for e in made)
-                    yield from made
+                def streamed():
+                    for made in iter_stored_examples(rows_path, candidates, cfg, seed, counts, progress=bar):
+                        kinds.update(e["kind"] for e in made)
+                        yield from made
 
-            with tqdm(total=len(rows), desc=f"negatives: {split}", unit="row") as bar:
-                n = tables.write_records(streamed(), tmp / f"{split}.parquet", EXAMPLE_SCHEMA)
+                with tqdm(total=candidates.rows, desc=f"negatives: {split}", unit="row") as bar:
+                    n = tables.write_records(streamed(), tmp / f"{split}.parquet", EXAMPLE_SCHEMA)
             report["examples"][split] = n
             report["kinds"][split] = dict(sorted(kinds.items()))
             report["refused_iou"][split] = {k: counts[f"refused_iou_{k}"] for k in ("hard", "easy")}
             if cfg.pool_hard:
                 report["refused_iou"][split].update((k, counts[f"refused_iou_{k}"]) for k in POOL_KINDS)
             report["filled_with_easy"][split] = counts["filled_with_easy"]
-            report["hard_slots"][split] = slots = len(rows) * hard_slots(cfg)
+            report["hard_slots"][split] = slots = candidates.rows * hard_slots(cfg)
             report["easy_fill_share"][split] = round(counts["filled_with_easy"] / slots, 4) if slots else None
             report["short"][split] = counts["short"]
             # Instance kinds only when on, so the default report is the same as before they existed.

@@ -92,10 +92,12 @@ def read_rows_file(path: Path, max_line_bytes: int | None = None) -> Iterator[di
     JSONL is read line by line rather than through `datasets`' JSON builder so that one broken
     line becomes one counted skip naming its line, instead of failing the whole file. A line over
     `max_line_bytes` (limits.max_line_bytes) is skipped unread (`over_limit`), never held whole.
+    Parquet is read one row group at a time, so a rows file as big as the dataset is never held;
+    a JSON list is read whole (a list cannot be parsed in parts).
     """
     if path.suffix == ".parquet":
-        from maskgate.utils.tables import open_parquet
-        yield from open_parquet(path).read().to_pylist()
+        from maskgate.utils.tables import iter_records
+        yield from iter_records(path)
         return
     if path.suffix == ".json":
         try:
