@@ -439,14 +439,14 @@ class Profile:
 
         sync()
         self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-        self.prof.__enter__()
+        self.prof.start()
         self.t = time.perf_counter()
 
     def stop(self) -> dict:
         sync()
         wall = time.perf_counter() - self.t
-        self.prof.__exit__(None, None, None)
         prof = self.prof
+        prof.stop()
         kernels = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
                          if e.device_type.name == "CUDA" and e.time_range.end > e.time_range.start)
         busy, end = 0.0, None
