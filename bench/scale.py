@@ -8,9 +8,16 @@ settings and that source, and prints per stage: wall time, rows/s, peak RSS (the
 polled), bytes written, and the bytes in the library caches (HF_HOME / HF_DATASETS_CACHE pointed into the
 work folder). Last, train's data path (maskgate.model.train.load_split over the train shards, plus 200
 overlays read at random) and the caches again: train reads the shards in place, so they stay empty.
-No DVC here: the DVC cache's links are tests/test_pipeline_dvc.py's (.dvc/config: hardlink, no copy).
+
+--dvc runs the stages as a user does: `dvc repro -s STAGE` in a copy of the project (a fresh git repository
+under --work/repo, as a clone has it, with the same params), so the DVC cache is the repository's own
+(.dvc/config: hardlinks). Each stage's line then adds the bytes the DVC cache holds beyond the workspace
+(0 when every output is linked, not copied), and the end prints the data's total on disk (source, data/,
+the DVC cache and the library caches, each file once however many links it has) against inputs + shards.
+Peak RSS is the stage's process and its workers either way, not DVC's own.
 
     python bench/scale.py --rows 10000 --work /tmp/scale       # add -S render.workers=1 to compare
+    python bench/scale.py --rows 100000 --work /tmp/scale --dvc
     python bench/scale.py --rows 500 --work /tmp/scale --render-workers 1,2,4,8,16
 
 --render-workers: after prepare and negatives, render their folders once per worker count (the render
@@ -68,28 +75,39 @@ def make_source(folder: Path, rows: int) -> dict:
     return {"rows": written, "images": len(names)}
 
 
-def du(path: Path) -> int:
-    """Bytes of the distinct files under path (hardlinks once)."""
-    if not path.exists():
-        return 0
+def du(*paths: Path) -> int:
+    """Bytes of the distinct files under the paths together (a file with several hardlinks once)."""
     seen = {}
-    for p in path.rglob("*"):
-        if p.is_file() and not p.is_symlink():
-            st = p.stat()
-            seen[(st.st_dev, st.st_ino)] = st.st_size
+    for path in paths:
+        for p in path.rglob("*") if path.exists() else ():
+            if p.is_file() and not p.is_symlink():
+                st = p.stat()
+                seen[(st.st_dev, st.st_ino)] = st.st_size
     return sum(seen.values())
 
 
-def run_measured(cmd: list[str], env: dict, log: Path) -> tuple[float, int, int]:
-    """(wall s, peak RSS of the process tree in bytes, exit code); the tree is polled every 0.1 s."""
+def stage_tree(root: psutil.Process) -> list[psutil.Process]:
+    """The stage script's process and its children (render's workers) under root: root itself when it is the
+    stage, the `python stages/...` process below it when root is `dvc repro`."""
+    tree = [root] + root.children(recursive=True)
+    for p in tree:
+        try:
+            if any(a.startswith("stages/") or "/stages/" in a for a in p.cmdline()[1:3]):
+                return [p] + p.children(recursive=True)
+        except psutil.Error:
+            pass
+    return tree
+
+
+def run_measured(cmd: list[str], env: dict, log: Path, cwd: Path = ROOT) -> tuple[float, int, int]:
+    """(wall s, peak RSS of the stage's process tree in bytes, exit code); polled every 0.1 s."""
     t = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
         ps, peak = psutil.Process(proc.pid), 0
         while proc.poll() is None:
             try:
-                tree = [ps] + ps.children(recursive=True)
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+                peak = max(peak, sum(p.memory_info().rss for p in stage_tree(ps) if p.is_running()))
             except psutil.Error:
                 pass
             time.sleep(0.1)
@@ -110,13 +128,17 @@ def main() -> int:
                     "and negatives, then render their output once per count (see above)")
     ap.add_argument("--floor-images", type=int, default=120, help="--render-workers: images for the floor ratio")
     ap.add_argument("--floor-repeats", type=int, default=2, help="--render-workers: best of this many floor timings")
+    ap.add_argument("--dvc", action="store_true", help="run the stages with `dvc repro -s STAGE` in a copy of the "
+                    "project under --work/repo and measure the DVC cache and the total on disk (see above)")
     args = ap.parse_args()
+    if args.dvc and args.render_workers:
+        ap.error("--dvc and --render-workers measure different things: run them apart")
     worker_counts = [int(n) for n in args.render_workers.split(",")] if args.render_workers else []
     if worker_counts:
         args.stages = "prepare,negatives"
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    for old in ("prepared", "negatives", "rendered", "hf", "logs"):
+    for old in ("prepared", "negatives", "rendered", "hf", "logs", "repo"):
         shutil.rmtree(work / old, ignore_errors=True)
     (work / "logs").mkdir()
     t = time.perf_counter()
@@ -135,6 +157,8 @@ def main() -> int:
     hf = work / "hf"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), HF_HOME=str(hf), HF_DATASETS_CACHE=str(hf / "datasets"),
                HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+    if args.dvc:
+        return through_dvc(work, made, params, env, args.stages.split(","))
     print(f"params: params.yaml with data.source=local{''.join(' ' + s for s in args.sets)}; "
           f"render.size {p['render']['size']}, jpeg_quality {p['render']['jpeg_quality']}, workers {p['render']['workers']}; "
           f"{psutil.cpu_count()} CPUs")
@@ -177,6 +201,59 @@ def main() -> int:
         summary["render_workers"] = render_scaling(work, params, worker_counts, args.floor_images, args.floor_repeats)
     (work / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     return 0
+
+
+def through_dvc(work: Path, made: dict, params: Path, env: dict, stages: list[str]) -> int:
+    """The stages by `dvc repro -s STAGE` in a fresh copy of the project (work/repo), with `params`."""
+    from tests import project  # the DVC tests' and the rehearsal's copy: tracked and new files, one commit
+
+    repo = project.project_copy(work / "repo", params.read_text())
+    cache = repo / ".dvc" / "cache"
+    env = dict(env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    outs = {"prepare": "prepared", "negatives": "negatives", "render": "rendered"}
+    summary = {"rows": made["rows"], "images": made["images"], "dvc": True, "stages": {}}
+    print(f"through DVC: `dvc repro -s STAGE` in {repo} (a fresh git repository of the project, "
+          f"cache.type {dvc_cache_type(repo)})")
+    print(f"{'stage':<11}{'wall s':>9}{'rows/s':>10}{'peak RSS':>12}{'written':>12}{'DVC cache+':>12}"
+          f"{'HF caches':>12}  counts")
+    for name in stages:
+        if name == "train_read":
+            cmd, cwd = [sys.executable, "-c", TRAIN_READ, str(repo / "data" / "rendered")], ROOT
+        else:
+            cmd, cwd = ["dvc", "repro", "-s", name], repo
+        wall, peak, rc = run_measured(cmd, env, work / "logs" / f"{name}.log", cwd)
+        if rc:
+            print(f"{name} failed (exit {rc}); see {work / 'logs' / (name + '.log')}")
+            return 1
+        data = repo / "data"
+        beyond = du(data, cache) - du(data)  # what the cache holds that is not the workspace's own inode
+        if name == "train_read":
+            written, counts = 0, (work / "logs" / f"{name}.log").read_text().strip().splitlines()[-1]
+        else:
+            written = du(data / outs[name])
+            report = json.loads((repo / "reports" / f"{name}.json").read_text())
+            counts = report.get("kept") if name == "prepare" else report.get("examples")
+        caches = du(work / "hf")
+        summary["stages"][name] = {"wall_s": round(wall, 1), "rows_per_s": round(made["rows"] / wall, 1),
+                                   "peak_rss": peak, "written": written, "dvc_cache_beyond": beyond,
+                                   "hf_caches": caches, "counts": counts}
+        print(f"{name:<11}{wall:9.1f}{made['rows'] / wall:10.1f}{peak / 2**20:9.0f} MiB{written / 1e9:9.3f} GB"
+              f"{beyond / 1e9:9.3f} GB{caches / 1e6:9.1f} MB  {counts}")
+    if (repo / "data" / "rendered").exists():
+        source, rendered = du(work / "source"), du(repo / "data" / "rendered")
+        total = du(work / "source", repo / "data", cache, work / "hf")
+        summary["disk"] = {"source": source, "rendered": rendered, "total": total,
+                           "ratio": round(total / (source + rendered), 3)}
+        print(f"disk: inputs (source) {gb(source)} + rendered shards {gb(rendered)}; on disk in all (source, "
+              f"data/, DVC cache, library caches; each file once) {gb(total)}: "
+              f"{total / (source + rendered):.3f}x inputs + shards")
+    (work / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    return 0
+
+
+def dvc_cache_type(repo: Path) -> str:
+    out = subprocess.run(["dvc", "config", "cache.type"], cwd=repo, capture_output=True, text=True)
+    return out.stdout.strip().strip("[]").replace("'", "") or "DVC's default"
 
 
 def tree_digest(folder: Path) -> str:

@@ -30,6 +30,7 @@ max |dP| against the plain scoring reference over the examples both scored.
 Configurations (see CONFIGS; names starting `ref-` are the references of the issue):
   ref-hf-gc-b16      transformers + peft LoRA r=16, gradient checkpointing, micro-batch 16
   ref-unsloth16-b32  Unsloth 16-bit LoRA, batch 32          ref-unsloth4-b32  Unsloth QLoRA 4-bit, batch 32
+  ref-unsloth4-d0-b32  the QLoRA recipe with LoRA dropout 0 (Unsloth's own default), to compare -d0- runs with
   ref-score-b32      today's score(): base + unmerged adapter, bf16, batch 32, batches prepared in turn
   hf-*               the project's hf path with levers: w = dataloader workers, nogc = no checkpointing,
                      b = micro-batch
@@ -106,6 +107,7 @@ CONFIGS = {
     "ref-hf-gc-b16": train_cfg("hf", 16, gc=True),
     "ref-unsloth16-b32": train_cfg("unsloth", 32, four_bit=False),
     "ref-unsloth4-b32": train_cfg("unsloth", 32, four_bit=True),
+    "ref-unsloth4-d0-b32": train_cfg("unsloth", 32, four_bit=True, lora={"dropout": 0.0}),
     "unsloth16-nogc-b8": train_cfg("unsloth", 8, gc=False, four_bit=False),
     "unsloth16-nogc-b16": train_cfg("unsloth", 16, gc=False, four_bit=False),
     "unsloth4-nogc-b16": train_cfg("unsloth", 16, gc=False, four_bit=True),
