@@ -12,7 +12,7 @@ overlays read at random) and the caches again: train reads the shards in place, 
 --dvc runs the stages as a user does: `dvc repro -s STAGE` in a copy of the project (a fresh git repository
 under --work/repo, as a clone has it, with the same params), so the DVC cache is the repository's own
 (.dvc/config: hardlinks). Each stage's line then adds the bytes the DVC cache holds beyond the workspace
-(0 when every output is linked, not copied), and the end prints the data's total on disk (source, data/,
+(only its folder listings when every output is linked, not copied), and the end prints the data's total on disk (source, data/,
 the DVC cache and the library caches, each file once however many links it has) against inputs + shards.
 Peak RSS is the stage's process and its workers either way, not DVC's own.
 
