@@ -37,7 +37,9 @@ Configurations (see CONFIGS; names starting `ref-` are the references of the iss
   score-*            scoring with levers: w = workers, merge = evaluate.merge_adapter, compile, b = batch,
                      bv / cv = batched_vision / compile_vision, pf = prefetch, ov = overlap (ov0: overlap
                      without scoring.VisionTables, as before them); unsloth16-*-d0: train.lora.dropout 0;
-                     unsloth16-*-ah0: the model makes its own position ids and vision tables (before scoring.Ahead)
+                     unsloth16-*-ah0: the model makes its own position ids and vision tables (before scoring.Ahead);
+                     pm = evaluate.patch_matmul, ll = evaluate.last_layer_at_answer
+  table              the issue's table and the project's defaults in one run: `--configs table` (TABLE below)
 
 Predicted gains (before measuring; 617 tokens, H100; the training floor is about 40 examples/s and the
 scoring floor 73 by flops.py's count at 790 TFLOP/s):
@@ -76,6 +78,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+STARTED = time.time()  # a worker's phases are seconds since its process started (where a 10-minute call goes)
 
 from maskgate import config  # noqa: E402  (pydantic and yaml only: nothing that imports transformers)
 
@@ -90,14 +93,14 @@ def train_cfg(backend="hf", mb=16, gc=True, workers=0, four_bit=False, bv=False,
 
 
 def score_cfg(batch=32, workers=0, merge=False, compile_=False, bv=False, prefetch=False, cv=False, overlap=False,
-              vision_tables=True) -> dict:
+              vision_tables=True, pm=False, ll=False) -> dict:
     """A scoring configuration: its keys of params.yaml's `evaluate` section (speedups.Scoring's, less the batch).
 
     vision_tables=False (not a params key): overlap as it was before scoring.VisionTables, position ids only, to
     measure the tables against it in one run."""
     return {"kind": "score", "batch_size": batch, "vision_tables": vision_tables, "evaluate": {
         "workers": workers, "prefetch": prefetch, "merge_adapter": merge, "compile": compile_, "batched_vision": bv,
-        "compile_vision": cv, "overlap": overlap}}
+        "compile_vision": cv, "overlap": overlap, "patch_matmul": pm, "last_layer_at_answer": ll}}
 
 
 AUTO_EFFECTIVE = 64  # train.batch_size of the micro-batch-auto configurations (accumulation makes it up)
@@ -136,7 +139,19 @@ CONFIGS = {
                                                      overlap=True),
     "score-merge-compile-bv-cv-w4-ov-b64": score_cfg(64, workers=4, merge=True, compile_=True, bv=True, cv=True,
                                                      overlap=True),
+    "score-merge-compile-bv-cv-pf-ov-pm-b64": score_cfg(64, merge=True, compile_=True, bv=True, prefetch=True, cv=True,
+                                                        overlap=True, pm=True),
+    "score-merge-compile-bv-cv-pf-ov-ll-b64": score_cfg(64, merge=True, compile_=True, bv=True, prefetch=True, cv=True,
+                                                        overlap=True, ll=True),
+    "score-merge-compile-bv-cv-pf-ov-pm-ll-b64": score_cfg(64, merge=True, compile_=True, bv=True, prefetch=True,
+                                                           cv=True, overlap=True, pm=True, ll=True),
 }
+# The issue's table (its five rows: the references and the defaults of the time) and the project's default rows
+# (params.yaml's settings; train.micro_batch_size auto finds 16 on an H200, so the row names 16 and skips the
+# search), in the order that keeps the references and defaults first if a 10-minute call runs short.
+DEFAULT_TRAIN, DEFAULT_SCORE = "unsloth16-nogc-bv-w4-b16", "score-merge-compile-bv-cv-pf-ov-b64"
+TABLE = ["ref-unsloth4-b32", DEFAULT_TRAIN, "ref-score-b32", DEFAULT_SCORE, "score-merge-compile-b64",
+         "unsloth16-nogc-b16", "unsloth16-nogc-b8"]
 SMOKE_CONFIGS = ["ref-hf-gc-b16", "ref-unsloth4-b32", "ref-score-b32", "hf-w4-nogc-b8", "score-w4-merge-b32",
                  "score-w6-merge-compile-b64"]
 REF_TRAIN, REF_LOSS, REF_SCORE = "ref-unsloth4-b32", "ref-hf-gc-b16", "ref-score-b32"
@@ -258,6 +273,11 @@ def write_rendered(rows: list[dict], n: int, folder: Path) -> Path:
 # workers (each in its own process)
 
 
+def phase(phases: dict, name: str) -> None:
+    """Seconds since this process started, at the end of the phase `name`."""
+    phases[name] = round(time.time() - STARTED, 1)
+
+
 def sync():
     import torch
 
@@ -318,7 +338,8 @@ def worker_train(args, spec) -> dict:
 
     from maskgate.model.train import TrainJob, train
 
-    marks, losses, vision_autograd = {}, [], set()
+    marks, losses, vision_autograd, phases = {}, [], set(), {}
+    phase(phases, "imports")
     if not spec.get("ahead", True):
         from maskgate.model import scoring
 
@@ -335,18 +356,23 @@ def worker_train(args, spec) -> dict:
             for m in model.modules():
                 if type(m).__name__ == "Qwen3VLVisionModel":
                     m.register_forward_hook(seen)
+            phase(phases, "model_loaded")
 
         def on_step_begin(self, a, state, control, **kw):
             if state.global_step == warmup:
                 sync()
                 marks["t0"] = time.perf_counter()
+                phase(phases, "warmup_steps")
             if profile_steps and state.global_step == warmup + steps:
                 window.start()
 
         def on_step_end(self, a, state, control, **kw):
+            if state.global_step == 1:
+                phase(phases, "first_step")
             if state.global_step == warmup + steps:
                 sync()
                 marks["t1"] = time.perf_counter()
+                phase(phases, "timed_steps")
             if profile_steps and state.global_step == warmup + steps + profile_steps:
                 marks["profile"] = window.stop()
 
@@ -365,7 +391,7 @@ def worker_train(args, spec) -> dict:
             "loss_steps": losses, "loss_measured_mean": sum(measured) / len(measured) if measured else None,
             "loss_first": losses[0]["loss"] if losses else None, "peak_gib": peak_gib(),
             "trainable_params": summary["params"]["trainable"], "cuda": torch.cuda.is_available(),
-            "vision_autograd": sorted(vision_autograd), "profile": marks.get("profile")}
+            "vision_autograd": sorted(vision_autograd), "profile": marks.get("profile"), "phases": phases}
 
 
 def worker_score(args, spec) -> dict:
@@ -381,6 +407,8 @@ def worker_score(args, spec) -> dict:
     from maskgate.model.train import TrainJob
     from maskgate.utils import tables
 
+    phases = {}
+    phase(phases, "imports")
     s = settings(spec["params"])
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
@@ -399,7 +427,9 @@ def worker_score(args, spec) -> dict:
         from maskgate.model.scoring import VisionTables
 
         VisionTables.__call__ = lambda self, grid_thw: {}  # the tower makes its own tables, as before them
+    phase(phases, "model_loaded")
     model = speedups.for_scoring(model, scoring, "bench")
+    phase(phases, "for_scoring")
     prompt = s.prompt
     shard_rows = list(tables.iter_shards(Path(spec["rendered"]), "train"))
     n, n_warm = spec["examples"], spec["warmup_examples"]
@@ -412,10 +442,12 @@ def worker_score(args, spec) -> dict:
     kw = {"workers": scoring.workers, "prefetch": scoring.prefetch, "overlap": scoring.overlap}
     score(model, processor, prompt, warm, seq, bs, desc="warm-up", **kw)
     sync()
+    phase(phases, "warmup")
     t = time.perf_counter()
     p = score(model, processor, prompt, measured, seq, bs, desc="measured", **kw)
     sync()
     seconds = time.perf_counter() - t
+    phase(phases, "measured")
     profiled = None
     if spec.get("profile") and cuda:
         window = Profile()
@@ -426,7 +458,24 @@ def worker_score(args, spec) -> dict:
         except Exception as e:
             profiled = {"error": f"{type(e).__name__}: {e}"}
     return {"seconds": seconds, "examples": len(measured), "p_accept": [float(x) for x in p],
-            "peak_gib": peak_gib(), "cuda": cuda, "batch_used": bs, "probe_s": round(probe_s, 1), "profile": profiled}
+            "peak_gib": peak_gib(), "cuda": cuda, "batch_used": bs, "probe_s": round(probe_s, 1), "profile": profiled,
+            "phases": phases}
+
+
+def kernel_kind(name: str) -> str:
+    """What a GPU kernel does, from its name: the split that says whether matrix products or the rest limit a run."""
+    n = name.lower()
+    if n.startswith(("memcpy", "memset")):
+        return "copy"
+    if any(k in n for k in ("sdpa", "flash", "fmha", "attention")):
+        return "attention"
+    if "conv" in n:
+        return "conv"
+    if any(k in n for k in ("gemm", "nvjet", "xmma", "cutlass", "matmul", "splitk")):
+        return "gemm"
+    if n.startswith("triton"):
+        return "triton"  # inductor's fused elementwise and reductions
+    return "other"  # eager elementwise, norms, casts, Unsloth's own kernels
 
 
 class Profile:
@@ -449,8 +498,12 @@ class Profile:
         wall = time.perf_counter() - self.t
         prof = self.prof
         prof.stop()
-        kernels = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
-                         if e.device_type.name == "CUDA" and e.time_range.end > e.time_range.start)
+        events = [e for e in prof.events() if e.device_type.name == "CUDA" and e.time_range.end > e.time_range.start]
+        kinds = {}
+        for e in events:
+            k = kernel_kind(e.name)
+            kinds[k] = kinds.get(k, 0.0) + (e.time_range.end - e.time_range.start) / 1e6
+        kernels = sorted((e.time_range.start, e.time_range.end) for e in events)
         busy, end = 0.0, None
         for start, stop in kernels:  # microseconds; merge overlapping intervals
             if end is None or start > end:
@@ -461,19 +514,25 @@ class Profile:
                      key=lambda e: e.self_device_time_total, reverse=True)[:16]
         return {"wall_s": round(wall, 3), "gpu_busy_s": round(busy / 1e6, 3),
                 "gpu_busy_share": round(busy / 1e6 / wall, 3),
+                "by_kind": {k: round(v, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
                 "top": [{"name": e.key[:90], "gpu_s": round(e.self_device_time_total / 1e6, 4), "calls": e.count}
                         for e in top]}
 
 
-WORKERS = {"matmul": worker_matmul, "build": worker_build, "train": worker_train, "score": worker_score}
+def worker_setup(args, spec) -> dict:
+    """The GPU's part of the setup in one process: the bf16 matmul rate, then the base model."""
+    return {**worker_matmul(args, spec), **worker_build(args, spec)}
+
+
+WORKERS = {"setup": worker_setup, "train": worker_train, "score": worker_score}
 
 
 # ----------------------------------------------------------------------------------------------
 # parent
 
 
-def run_worker(args, name: str, spec: dict, timeout: int) -> dict:
-    """Run one spec in a subprocess; its JSON result, or a failure record with the log's tail."""
+def start_worker(args, name: str, spec: dict) -> dict:
+    """Start one spec in a subprocess (its output to --out/NAME.log); finish_worker waits for it."""
     spec_file = args.out / f"{name}.spec.json"
     spec_file.write_text(json.dumps(spec))
     log = args.out / f"{name}.log"
@@ -481,13 +540,22 @@ def run_worker(args, name: str, spec: dict, timeout: int) -> dict:
            "--preset", args.preset, "--size", str(args.size)]
     env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),
            "TOKENIZERS_PARALLELISM": "false"}
-    started = time.time()
-    with log.open("w") as f:
-        try:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, env=env, cwd=ROOT).returncode
-            status = "ok" if rc == 0 else f"failed (exit {rc})"
-        except subprocess.TimeoutExpired:
-            status = f"timeout after {timeout} s"
+    f = log.open("w")
+    proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    return {"name": name, "proc": proc, "log": log, "file": f, "started": time.time()}
+
+
+def finish_worker(args, w: dict, timeout: int) -> dict:
+    """Wait for a started worker; its JSON result, or a failure record with the log's tail."""
+    name, log = w["name"], w["log"]
+    try:
+        rc = w["proc"].wait(timeout=max(1, timeout - (time.time() - w["started"])))
+        status = "ok" if rc == 0 else f"failed (exit {rc})"
+    except subprocess.TimeoutExpired:
+        w["proc"].kill()
+        w["proc"].wait()
+        status = f"timeout after {timeout} s"
+    w["file"].close()
     result_file = args.out / f"{name}.result.json"
     result = json.loads(result_file.read_text()) if status == "ok" and result_file.exists() else {}
     if status == "ok" and not result:
@@ -496,7 +564,12 @@ def run_worker(args, name: str, spec: dict, timeout: int) -> dict:
         tail = log.read_text(errors="replace").strip().splitlines()[-15:]
         print(f"{name}: {status}; last lines of {log}:\n    " + "\n    ".join(tail), flush=True)
         result = {"error_tail": tail}
-    return {"name": name, "status": status, "wall_s": round(time.time() - started, 1), **result}
+    return {"name": name, "status": status, "wall_s": round(time.time() - w["started"], 1), **result}
+
+
+def run_worker(args, name: str, spec: dict, timeout: int) -> dict:
+    """Run one spec in a subprocess and wait for it."""
+    return finish_worker(args, start_worker(args, name, spec), timeout)
 
 
 def measure(args, name: str, cfg: dict, base: dict, rows: list[dict], facts: dict, rate: float | None,
@@ -601,7 +674,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="results: one JSON per configuration, results.jsonl, logs")
     ap.add_argument("--work", type=Path, default=Path("/tmp/maskgate-throughput"), help="data, model, checkpoints")
-    ap.add_argument("--configs", default=None, help=f"comma-separated, from: {', '.join(CONFIGS)} (default: all)")
+    ap.add_argument("--configs", default=None, help=f"comma-separated, from: {', '.join(CONFIGS)}; or `table`: "
+                    f"{', '.join(TABLE)} (default: all)")
     ap.add_argument("--steps", type=int, default=None, help="measured steps (batches) per configuration (default 5)")
     ap.add_argument("--warmup", type=int, default=None, help="steps before timing starts (default 3)")
     ap.add_argument("--score-examples", type=int, default=None,
@@ -636,18 +710,23 @@ def main() -> int:
         return 0
 
     names = args.configs.split(",") if args.configs else (SMOKE_CONFIGS if args.smoke else list(CONFIGS))
+    names = [n for name in names for n in (TABLE if name == "table" else [name])]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         ap.error(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")
     started = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
     base = base_params(args)
+    model_dir = args.work / f"model-{args.preset}"
+    # The GPU's setup (matmul rate, then the random base model) runs in its own process while this one renders
+    # the data on the CPU: they share nothing, and one after the other they took about 75 s of a 10-minute call.
+    build_params = json.loads(json.dumps(base))
+    setup = start_worker(args, "setup", {"kind": "setup", "params": build_params, "model_dir": str(model_dir)})
     t = time.time()
     rows, facts = make_rows(args, base, args.work)
     base["bench"] = {"text_tokens": facts["text_tokens"]}
     print(f"data: {facts['base_rows']} rendered rows at {args.size} px, {facts['tokens']} tokens per training example "
           f"({facts['image_tokens']} image), made in {time.time() - t:.0f} s", flush=True)
-    model_dir = args.work / f"model-{args.preset}"
 
     env = {"device": None}
     try:
@@ -657,15 +736,12 @@ def main() -> int:
         env = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__}
     except Exception as e:  # the bench still runs; the device is unknown
         cuda, env["device_error"] = False, str(e)
-    rate = run_worker(args, "matmul", {"kind": "matmul"}, 300)
+    built = finish_worker(args, setup, int(args.budget - (time.time() - started) - 30) if args.budget else 900)
+    rate = {k: built.get(k) for k in ("matmul_n", "matmul_dtype", "bf16_flops_per_s")}
     rate["device"] = env["device"]
     bf16 = rate.get("bf16_flops_per_s")
-    build_params = json.loads(json.dumps(base))
-    build_params.pop("bench")
-    built = run_worker(args, "build", {"kind": "build", "params": build_params, "model_dir": str(model_dir)},
-                       int(args.budget - (time.time() - started) - 30) if args.budget else 900)
-    print(f"matmul: {rate['status']}, bf16 {fmt(bf16 and bf16 / 1e12, '.1f')} TFLOP/s; base model: {built['status']}"
-          f" ({built.get('build_s', '-')} s)", flush=True)
+    print(f"setup: {built['status']} in {built['wall_s']} s: bf16 {fmt(bf16 and bf16 / 1e12, '.1f')} TFLOP/s; base model "
+          f"{built.get('build_s', '-')} s", flush=True)
     if built["status"] != "ok":
         return 1
 
@@ -692,8 +768,12 @@ def main() -> int:
             print(f"  profile failed: {r['profile']['error']}", flush=True)
         elif r.get("profile"):
             pr = r["profile"]
-            print(f"  profile: GPU busy {pr['gpu_busy_s']} s of {pr['wall_s']} s ({pr['gpu_busy_share']:.1%}); top: "
+            print(f"  profile: GPU busy {pr['gpu_busy_s']} s of {pr['wall_s']} s ({pr['gpu_busy_share']:.1%}); kernels by kind: "
+                  + ", ".join(f"{k} {v} s" for k, v in pr.get("by_kind", {}).items()) + "; top: "
                   + "; ".join(f"{k['name'][:50]} {k['gpu_s']} s x{k['calls']}" for k in pr["top"][:6]), flush=True)
+        if r.get("phases"):
+            print("  phases (s since its process started): "
+                  + ", ".join(f"{k} {v}" for k, v in r["phases"].items()), flush=True)
     compare(results)
     for name, r in results.items():  # the JSONs again, now with the comparisons against the references
         if "examples_per_s" in r:

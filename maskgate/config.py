@@ -163,6 +163,8 @@ class Evaluate:
     compile: Bool
     batched_vision: Bool
     compile_vision: Bool
+    patch_matmul: Bool
+    last_layer_at_answer: Bool
     target_precision: Float
     thresholds: list[Float]
     calibration_fraction: Float  # share of val images the threshold is chosen on; 0 = all of val (measured there too)

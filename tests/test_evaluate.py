@@ -12,7 +12,7 @@ from maskgate.utils import tables
 from tests.test_render import rendered  # noqa: F401  (fixture)
 
 CFG = Evaluate(batch_size=4, workers=0, prefetch=False, overlap=False, merge_adapter=False, compile=False, batched_vision=True,
-               compile_vision=False, target_precision=0.9, thresholds=[0.5, 0.9], calibration_fraction=0.0,
+               compile_vision=False, patch_matmul=False, last_layer_at_answer=False, target_precision=0.9, thresholds=[0.5, 0.9], calibration_fraction=0.0,
                bootstrap=0, confidence=0.95)
 
 

@@ -172,3 +172,35 @@ def test_overlap_vision_tables_are_the_towers_own_and_are_used(spread_tiny, veri
     batch["image_interp_weights"] = batch["image_interp_weights"].flip(-1)  # other weights: the tower must see them
     moved = launch(model, staging.to_device(batch), first).get()
     assert np.abs(moved - same).max() > 1e-6
+
+
+def test_last_layer_at_the_answer_position_scores_the_same(spread_tiny, verifier_prompt):
+    """evaluate.last_layer_at_answer: the last decoder layer computes the last position only (its output is one
+    position long), on left-padded batches of two image sizes; the scores equal the full layer's to fp32
+    rounding, and training or a forward with a cache runs the library's layer."""
+    from maskgate.model.last_layer import last_layer_at_answer
+    from maskgate.model.speedups import decoder_layers
+
+    model, processor = spread_tiny
+    examples = [Example(noise_image(32 + 32 * (i % 2), seed=i), "thing" + " big" * (3 * i)) for i in range(5)]
+    plain = score(model, processor, verifier_prompt, examples, 10_000, batch_size=5)
+    fast = copy.deepcopy(model)
+    assert last_layer_at_answer(fast, "test", print_fn=lambda *_: None)
+    lengths = []
+    hook = decoder_layers(fast)[-1].register_forward_hook(lambda m, a, out: lengths.append(out.shape[1]))
+    trimmed = score(fast, processor, verifier_prompt, examples, 10_000, batch_size=5)
+    np.testing.assert_allclose(trimmed, plain, atol=1e-5)
+    assert lengths == [1] and len(set(plain.tolist())) == 5
+    fast.train()  # training needs every position: the library's layer
+    enc = training_batch(processor, verifier_prompt, [ex._replace(answer=a) for ex, a in zip(examples, verifier_prompt.answers)],
+                         max_length=10_000)
+    with torch.no_grad():
+        fast(**enc)
+    hook.remove()
+    assert lengths[-1] == enc["input_ids"].shape[1]
+    fast.eval()
+    # a layer whose output would feed deepstack features is left alone
+    shallow = copy.deepcopy(model)
+    shallow.config.vision_config.deepstack_visual_indexes = [0] * len(decoder_layers(shallow))
+    said = []
+    assert not last_layer_at_answer(shallow, "test", print_fn=said.append) and "deepstack" in said[0]

@@ -87,10 +87,12 @@ def test_scoring_settings_are_the_evaluate_section(params):
     from maskgate import config
 
     params["evaluate"].update(batch_size=4, workers=2, prefetch=False, merge_adapter=False, compile=True,
-                              batched_vision=True, compile_vision=False, overlap=True)
+                              batched_vision=True, compile_vision=False, overlap=True, patch_matmul=True,
+                              last_layer_at_answer=False)
     scoring = speedups.Scoring.of(config.from_dict(params).evaluate)
     assert scoring == speedups.Scoring(batch_size=4, workers=2, prefetch=False, merge_adapter=False, compile=True,
-                                       batched_vision=True, compile_vision=False, overlap=True)
+                                       batched_vision=True, compile_vision=False, overlap=True, patch_matmul=True,
+                                       last_layer_at_answer=False)
     params["evaluate"]["workers"] = -1
     with pytest.raises(config.ParamsError, match="evaluate.workers"):
         config.from_dict(params)
@@ -142,8 +144,30 @@ def test_throughput_bench_smoke(tmp_path):
     ref, fast = (json.loads((out / f"{n}.json").read_text()) for n in ("ref-score-b32", "score-w4-merge-b32"))
     # the same adapter (B drawn non-zero) merged, batches from 2 worker processes: P(ACCEPT) equal to fp32 rounding
     assert fast["status"] == "ok" and fast["settings"] == {"workers": 2, "prefetch": False, "merge_adapter": True, "compile": False,
-                                                    "batched_vision": False, "compile_vision": False, "overlap": False}
+                                                    "batched_vision": False, "compile_vision": False, "overlap": False,
+                                                    "patch_matmul": False, "last_layer_at_answer": False}
     assert len(ref["p_accept"]) == len(fast["p_accept"]) == 4 and fast["max_dp_vs_ref"] < 1e-4
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert {x["name"]: x["status"] for x in lines}["ref-unsloth4-b32"].startswith("skipped")
     assert "ref-hf-gc-b16" in p.stdout and "MFU" in p.stdout
+
+
+def test_the_tables_default_rows_are_params_yaml():
+    """bench/throughput.py's `table` rows named as the defaults carry params.yaml's own speed settings."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import throughput as bench
+
+    import yaml
+
+    from tests.project import committed_params
+
+    params = yaml.safe_load(committed_params())  # what a clone runs (scripts/demo.sh changes the working copy's)
+    score = bench.CONFIGS[bench.DEFAULT_SCORE]
+    assert {k: params["evaluate"][k] for k in score["evaluate"]} == score["evaluate"]
+    assert score["batch_size"] == 64 and params["evaluate"]["batch_size"] == "auto"  # auto searches up to 64
+    train = bench.CONFIGS[bench.DEFAULT_TRAIN]
+    assert {k: params["train"][k] for k in train["train"]} == {**train["train"], "backend": params["train"]["backend"]}
+    assert train["backend"] == "unsloth" and params["train"]["backend"] == "auto"  # auto picks unsloth on a GPU
+    assert train["micro_batch_size"] == 16 and params["train"]["micro_batch_size"] == "auto"  # found on an H200
+    assert train["lora"] == {} and train["ahead"]
+    assert {bench.DEFAULT_TRAIN, bench.DEFAULT_SCORE, "ref-unsloth4-b32", "ref-score-b32"} <= set(bench.TABLE)

@@ -92,3 +92,24 @@ def test_needs_sdpa(tiny_qwen3vl_dir):
 def test_no_vision_tower_is_an_error():
     with pytest.raises(ValueError, match="found no Qwen3VLVisionModel"):
         vision.batch_vision_attention(torch.nn.Linear(2, 2), "test")
+
+
+def test_patch_embedding_as_one_matrix_product(tiny_qwen3vl_dir):
+    """evaluate.patch_matmul: the Conv3d patch embedding as a matrix product gives the same embeddings (fp32
+    rounding) and the same scores, and the matrix product is what runs."""
+    model, processor = M.load(tiny_qwen3vl_dir)
+    model = spread(model).eval()
+    fast = copy.deepcopy(model)
+    assert vision.patch_embed_as_matmul(fast, "test", print_fn=lambda *_: None) == 1
+    assert vision.patch_embed_as_matmul(fast, "test", print_fn=lambda *_: None) == 0  # once only
+    batch, prompt = encode(processor, [32, 64, 32])
+    embed, embed_fast = (next(m for m in x.modules() if type(m).__name__ == vision.PATCH_EMBED) for x in (model, fast))
+    with torch.no_grad():
+        a, b = embed(batch["pixel_values"]), embed_fast(batch["pixel_values"])
+    assert a.shape == b.shape and (a - b).abs().max() <= 1e-5 * a.abs().max()  # fp32: the order of additions
+    first = list(answer_first_ids(processor.tokenizer, prompt))
+    p, q = p_accept(model, batch, first), p_accept(fast, batch, first)
+    assert torch.allclose(torch.as_tensor(p), torch.as_tensor(q), atol=1e-5)
+    with torch.no_grad():
+        embed_fast.proj.weight.mul_(1.5)  # the product reads the conv's own weight: a change must show
+    assert not torch.allclose(embed_fast(batch["pixel_values"]), a, atol=1e-3)

@@ -20,6 +20,10 @@ measured it (docs/benchmarks.md):
   processes, or the next batch in a thread, while the GPU runs (scoring.batches).
 * `overlap` (score's argument too): no wait for the GPU between batches: position ids made with the
   batch, copied from pinned memory on a side stream, scores read back one batch late (scoring.Overlap).
+* `patch_matmul`: the vision tower's patch embedding (a Conv3d whose kernel is its stride) as one matrix
+  product (vision.patch_embed_as_matmul); equal within rounding.
+* `last_layer_at_answer`: the last decoder layer computes only the position whose logits are read
+  (maskgate/model/last_layer.py); equal within rounding.
 
 `evaluate.batch_size` is the last knob; the largest that fits is usually fastest, and `auto` finds it
 (maskgate/model/autobatch.py). Together they are `Scoring`. The values come from params.yaml's `evaluate` section alone: evaluate reads it, records it
@@ -52,7 +56,10 @@ class Scoring:
     compile: StrictBool
     batched_vision: StrictBool
     compile_vision: StrictBool
-    overlap: StrictBool = False  # after the others: operating points recorded before it existed still read
+    # after the others: operating points recorded before these existed still read (as off)
+    overlap: StrictBool = False
+    patch_matmul: StrictBool = False
+    last_layer_at_answer: StrictBool = False
 
     @classmethod
     def of(cls, e: Evaluate) -> "Scoring":
@@ -119,6 +126,14 @@ def for_scoring(model, s: Scoring, where: str = "scoring", print_fn=print):
         from maskgate.model.vision import batch_vision_attention
 
         batch_vision_attention(model, where, print_fn)
+    if s.patch_matmul:
+        from maskgate.model.vision import patch_embed_as_matmul
+
+        patch_embed_as_matmul(model, where, print_fn)
+    if s.last_layer_at_answer:  # before compiling, so the compiled layer is the changed one
+        from maskgate.model.last_layer import last_layer_at_answer
+
+        last_layer_at_answer(model, where, print_fn)
     if s.compile and quantized:
         print_fn(f"{where}: compile is not used on a 4-bit base; running eager")
     elif s.compile:
