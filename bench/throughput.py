@@ -104,9 +104,9 @@ def score_cfg(batch=32, workers=0, merge=False, compile_=False, bv=False, prefet
 
 
 AUTO_EFFECTIVE = 64  # train.batch_size of the micro-batch-auto configurations (accumulation makes it up)
-# every scoring configuration scores the same examples, whatever its batch; two batches of 64 warm up (compile
-# happens in the first: the phases of the 2026-12-06 run)
-SCORE_EXAMPLES, SCORE_WARMUP = 512, 128
+# every scoring configuration scores the same examples, whatever its batch. Four batches of 64 warm up: with two,
+# merge + compile's first measured batch still took 3.7 s against 2.0 after it (2026-12-06, H100)
+SCORE_EXAMPLES, SCORE_WARMUP = 512, 256
 
 CONFIGS = {
     "ref-hf-gc-b16": train_cfg("hf", 16, gc=True),
