@@ -37,6 +37,8 @@ IMAGES_IN_FLIGHT = 64  # images in the pool at once (their bytes and overlays); 
 def render_image(image_bytes: bytes, groups: list[list[str]], height: int, width: int, style: Style) -> list[bytes]:
     """JPEG overlays of several candidate groups on one image, decoding the image once."""
     canvas = Canvas(decode_image(image_bytes), style)
+    if not style.zoom:  # every mask of the image prepared in one pass (zoom prepares its panels' own)
+        canvas.prepare([c for g in groups for c in g], height, width)
     return [canvas.render(g, height, width) for g in groups]
 
 
