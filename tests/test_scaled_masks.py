@@ -1,5 +1,5 @@
 """render.scaled_masks against the plain way: pycocotools' full decode, nearest-neighbour scaling of the
-whole mask, then the cut; and overlay._boundary against the erosion written out pixel by pixel."""
+whole mask, then the cut; and overlay.outline against the erosion written out pixel by pixel."""
 import numpy as np
 import pytest
 
@@ -104,7 +104,8 @@ def eroded_pixel_by_pixel(m, width):
 
 
 @pytest.mark.parametrize("width", [0, 1, 2, 3, 5])
-def test_boundary_is_the_mask_less_its_erosion(width):
+def test_outline_is_the_mask_less_its_erosion(width):
     rng = np.random.default_rng(width)
     for m in random_masks(rng, 17, 23, 8) + [np.ones((3, 9), bool), np.ones((1, 1), bool)]:
-        assert np.array_equal(overlay._boundary(m, width), m & ~eroded_pixel_by_pixel(m, width))
+        ys, xs = overlay.outline(m, width)
+        assert np.array_equal(ys * m.shape[1] + xs, np.flatnonzero(m & ~eroded_pixel_by_pixel(m, width)))
