@@ -181,3 +181,13 @@ def test_view_settings_are_checked(params, key, value, message):
     params["render"][key] = value
     with pytest.raises(ValueError, match=message):
         settings(params)
+
+
+@pytest.mark.parametrize("size", [(80, 40), (2100, 2100)])  # the second is past Pillow's 16 MB block: no zero copy
+def test_packed_pixels_are_the_images_rgb_bytes(size):
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    packed = overlay._packed(img)
+    assert packed.shape == (size[1], size[0]) and packed.dtype == np.uint32
+    rgb = packed.view(np.uint8).reshape(size[1], size[0], 4)[..., :3]
+    assert np.array_equal(rgb, np.asarray(img))

@@ -11,7 +11,7 @@ and `overlay`, the JPEG bytes of the rendered picture.
 """
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import deque
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -37,6 +37,8 @@ IMAGES_IN_FLIGHT = 64  # images in the pool at once (their bytes and overlays); 
 def render_image(image_bytes: bytes, groups: list[list[str]], height: int, width: int, style: Style) -> list[bytes]:
     """JPEG overlays of several candidate groups on one image, decoding the image once."""
     canvas = Canvas(decode_image(image_bytes), style)
+    if not style.zoom:  # every mask of the image prepared in one pass (zoom prepares its panels' own)
+        canvas.prepare([c for g in groups for c in g], height, width)
     return [canvas.render(g, height, width) for g in groups]
 
 
@@ -44,10 +46,11 @@ def _job(args):
     return render_image(*args)
 
 
-def in_order(jobs: Iterable[tuple[str, tuple]], pool, window: int) -> Iterator[tuple[str, list[bytes]]]:
-    """(name, overlays) of each (name, job), in the jobs' order, at most `window` jobs in the pool at once:
-    the parent writes one image's overlays while the workers render the next ones (a pool.map over a batch
-    of images left every worker idle while the parent wrote the batch), and memory stays bounded."""
+def in_order(jobs: Iterable[tuple[object, tuple]], pool, window: int) -> Iterator[tuple[object, list[bytes]]]:
+    """(name, overlays) of each (name, job), in the jobs' order (a name is whatever the caller carries along),
+    at most `window` jobs in the pool at once: the parent writes one image's overlays while the workers render
+    the next ones (a pool.map over a batch of images left every worker idle while the parent wrote the batch),
+    and memory stays bounded."""
     if pool is None:
         yield from ((name, _job(job)) for name, job in jobs)
         return
@@ -62,24 +65,22 @@ def in_order(jobs: Iterable[tuple[str, tuple]], pool, window: int) -> Iterator[t
         yield name, result.get()
 
 
-def render_split(prepared: Path, examples: list[dict], split: str, out: Path, style: Style, prompt: Prompt,
+def render_split(prepared: Path, examples: tables.RecordsByKey, split: str, out: Path, style: Style, prompt: Prompt,
                  shard_size: int, pool) -> list[Path]:
-    by_image: dict[str, list[dict]] = defaultdict(list)
-    for e in examples:
-        by_image[e["image"]].append(e)
+    """`examples`: the split's negatives by image, read as each image comes (not the whole table at once)."""
     writer = tables.ShardWriter(out, split, SHARD_SCHEMA, shard_size)
     done = set()
 
     def jobs():
         for b in tables.iter_shards(prepared, f"images-{split}"):
-            exs = by_image.get(b["image"])
-            if exs:
+            exs = examples.get(b["image"])
+            if exs:  # the examples ride with the job's name: held only while their image is in the pool
                 done.add(b["image"])
-                yield b["image"], (b["bytes"], [e["masks"] for e in exs], exs[0]["height"], exs[0]["width"], style)
+                yield exs, (b["bytes"], [e["masks"] for e in exs], exs[0]["height"], exs[0]["width"], style)
 
     with tqdm(total=len(examples), desc=f"render: {split}", unit="overlay") as bar:
-        for image, overlays in in_order(jobs(), pool, IMAGES_IN_FLIGHT):
-            for e, jpeg in zip(by_image[image], overlays):
+        for exs, overlays in in_order(jobs(), pool, IMAGES_IN_FLIGHT):
+            for e, jpeg in zip(exs, overlays):
                 writer.add({**e, "system": prompt.system, "user": prompt.user_text(e["query"]),
                             "label_text": prompt.label_text(e["label"]), "overlay": jpeg})
             # One row group per image: the same picture recurs among an image's examples (one row's
@@ -87,7 +88,7 @@ def render_split(prepared: Path, examples: list[dict], split: str, out: Path, st
             # per row group; a small row group is also what train reads to fetch one overlay.
             writer.end_group()
             bar.update(len(overlays))
-    missing = sorted(set(by_image) - done)
+    missing = sorted(set(examples.keys()) - done)
     if missing:  # an example without its image would silently drop out of the shards
         raise ValueError(f"{len(missing)} {split} images named in the negatives are not in {prepared} "
                          f"(e.g. {missing[0]!r}): the two folders come from different runs; re-run prepare and negatives")
@@ -103,7 +104,7 @@ def render(prepared: Path, negatives: Path, out_dir: Path, cfg: Render, prompt: 
     try:
         with tables.atomic_dir(out_dir) as tmp:
             for split in SPLITS:
-                examples = tables.read_table(Path(negatives) / f"{split}.parquet")
+                examples = tables.RecordsByKey(Path(negatives) / f"{split}.parquet", "image")
                 paths = render_split(Path(prepared), examples, split, tmp, style, prompt, cfg.shard_size, pool)
                 report["examples"][split] = len(examples)
                 report["shards"][split] = len(paths)
