@@ -3,8 +3,8 @@
 Why not pycocotools' decode: it writes every pixel of the full-size mask (0.2 ms for a 640x480 one,
 a byte at a time), while render needs only the mask's bounding box, nearest-neighbour scaled, and
 the samples' boxes average an eighth of the image. Measured side by side (pycocotools decoding all of
-an image's masks in one call, then the box cut): render at 1.34x its floor with this decoder against
-1.49x with pycocotools', the issue's goal being 1.5x (`ab_decode.py` in
+an image's masks in one call, then the box cut), two runs: render at 1.34x and 1.41x its floor with this
+decoder against 1.49x and 1.52x with pycocotools', the goal being 1.5x (`ab_decode.py` in
 bench/results/2026-12-06-render-speed-memory/). pycocotools has no box decode, so this is the one place
 the project reads RLE runs itself for speed; `tests/test_scaled_masks.py` checks it against whole masks
 scaled and cut, and the rest of the project decodes with pycocotools. Here the runs of all the masks of one image are

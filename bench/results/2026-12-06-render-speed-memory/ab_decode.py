@@ -1,11 +1,10 @@
-"""The box decoder written for render (commit 2c245e2's render/scaled_masks.py, numpy over the RLE strings)
-against pycocotools' decode (this tree's), in one process, interleaved with bench/render_bench.py's floor,
-best of N, after checking every overlay is the same bytes.
+"""render's box decoder (maskgate/render/scaled_masks.py: numpy over the RLE strings, each box only)
+against pycocotools' decode of all of an image's masks in one call and the same box cut (`coco_boxes`
+below), in one process, interleaved with bench/render_bench.py's floor, best of N, after checking every
+overlay is the same bytes.
 
-    git show 2c245e2:maskgate/render/scaled_masks.py > /tmp/scaled_masks_numpy.py
-    PYTHONPATH=. python bench/results/2026-12-06-render-speed-memory/ab_decode.py /tmp/scaled_masks_numpy.py 3
+    PYTHONPATH=. python bench/results/2026-12-06-render-speed-memory/ab_decode.py 3
 """
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -15,12 +14,31 @@ sys.path.insert(0, str(ROOT / "bench"))
 import render_bench  # noqa: E402
 from maskgate import config  # noqa: E402
 from maskgate.render import overlay  # noqa: E402
+from maskgate.render.scaled_masks import sample_points  # noqa: E402
 from maskgate.render.shards import render_image  # noqa: E402
+import numpy as np  # noqa: E402
+from pycocotools import mask as coco_mask  # noqa: E402
 
-spec = importlib.util.spec_from_file_location("scaled_masks_numpy", sys.argv[1])
-numpy_decoder = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(numpy_decoder)
-decoders = {"numpy": numpy_decoder.scaled_boxes, "pycocotools": overlay.scaled_boxes}
+
+def coco_boxes(counts, height, width, nh, nw):
+    """scaled_boxes through pycocotools: every mask decoded whole (one call), its scaled box cut out."""
+    rles = [{"size": [height, width], "counts": c.encode()} for c in counts]
+    x, y, w, h = coco_mask.toBbox(rles).astype(np.int64).reshape(-1, 4).T
+    rows, cols = sample_points(height, nh), sample_points(width, nw)
+    r0, r1 = np.maximum(np.searchsorted(rows, y) - 1, 0), np.minimum(np.searchsorted(rows, y + h) + 1, nh)
+    c0, c1 = np.maximum(np.searchsorted(cols, x) - 1, 0), np.minimum(np.searchsorted(cols, x + w) + 1, nw)
+    live = np.flatnonzero((w > 0) & (h > 0))
+    out = [None] * len(counts)
+    if not live.size:
+        return out
+    decoded = coco_mask.decode([rles[k] for k in live]).transpose(2, 1, 0)  # masks x columns x rows
+    for i, k in enumerate(live):
+        box = decoded[i, cols[c0[k]:c1[k]]][:, rows[r0[k]:r1[k]]]
+        out[k] = ((slice(int(r0[k]), int(r1[k])), slice(int(c0[k]), int(c1[k]))), np.ascontiguousarray(box.T).view(bool))
+    return out
+
+
+decoders = {"numpy": overlay.scaled_boxes, "pycocotools": coco_boxes}
 p = config.load(ROOT / "params.yaml")
 jobs = render_bench.jobs_from(ROOT / "samples/coco-groups", p.negatives, overlay.Style.of(p.render))
 n = sum(len(j[1]) for j in jobs)
@@ -33,7 +51,7 @@ def run(which):
 
 print("same bytes:", run("numpy") == run("pycocotools"))
 best = dict.fromkeys(("floor", "numpy", "pycocotools"), 1e9)
-for _ in range(int(sys.argv[2])):
+for _ in range(int(sys.argv[1])):
     for k in best:
         t = time.perf_counter()
         if k == "floor":
@@ -42,5 +60,5 @@ for _ in range(int(sys.argv[2])):
         else:
             run(k)
         best[k] = min(best[k], time.perf_counter() - t)
-print(f"{n} overlays, best of {sys.argv[2]}: floor {n / best['floor']:.1f}/s; " + "; ".join(
+print(f"{n} overlays, best of {sys.argv[1]}: floor {n / best['floor']:.1f}/s; " + "; ".join(
     f"{k} {n / best[k]:.1f}/s ({best[k] / best['floor']:.2f}x floor)" for k in ("numpy", "pycocotools")))
