@@ -76,7 +76,7 @@ def test_piece_matches_nearest_scaling_of_the_whole_mask():
         nh, nw = (int(v) for v in rng.integers(20, 200, 2))
         y, x = int(rng.integers(0, h - 5)), int(rng.integers(0, w - 5))
         m = box_mask(h, w, y, y + int(rng.integers(1, h - y)), x, x + int(rng.integers(1, w - x)))
-        p = overlay.Piece.of(masks.encode(m), h, w, nh, nw, 1)
+        p, = overlay.Piece.all([masks.encode(m)], h, w, nh, nw, 1)
         rows = ((np.arange(nh) + 0.5) * h / nh).astype(int)
         cols = ((np.arange(nw) + 0.5) * w / nw).astype(int)
         whole = m[rows][:, cols]

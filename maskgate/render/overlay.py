@@ -186,16 +186,11 @@ class Piece:
     edge_at: np.ndarray  # (n,) intp
 
     @classmethod
-    def of(cls, counts: str, height: int, width: int, nh: int, nw: int, outline_width: int,
-           stride: int | None = None) -> "Piece | None":
-        """One mask nearest-neighbour scaled to nh x nw, its bounding box only (`scaled_masks`)."""
-        return cls.all([counts], height, width, nh, nw, outline_width, stride)[0]
-
-    @classmethod
     def all(cls, counts: list[str], height: int, width: int, nh: int, nw: int, outline_width: int,
             stride: int | None = None) -> list["Piece | None"]:
-        """`of` for several masks of one size at once; the full-size mask is never built. `stride`: the
-        row length of the canvas the outline is written into (nw when None)."""
+        """Masks of one size nearest-neighbour scaled to nh x nw, each its bounding box only (`scaled_masks`:
+        the full-size mask is never built), None for an empty one. `stride`: the row length of the canvas the
+        outline is written into (nw when None)."""
         stride = nw if stride is None else stride
         out = []
         for b in scaled_boxes(counts, height, width, nh, nw):
