@@ -134,13 +134,18 @@ def test_throughput_bench_smoke(tmp_path):
     """The bench end to end on CPU: data, matmul rate, base build, a training and a scoring config, JSON out."""
     out = tmp_path / "out"
     cmd = [sys.executable, "bench/throughput.py", "--smoke", "--out", str(out), "--work", str(tmp_path / "work"),
-           "--configs", "ref-hf-gc-b16,ref-unsloth4-b32,ref-score-b32,score-w4-merge-b32"]
+           "--configs", "ref-hf-gc-b16,hf-gc-b16,ref-unsloth4-b32,ref-score-b32,score-w4-merge-b32"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     train = json.loads((out / "ref-hf-gc-b16.json").read_text())
     assert train["status"] == "ok" and train["examples"] == 2 * 2 and train["examples_per_s"] > 0
     assert len(train["loss_steps"]) == 3 and all(np.isfinite(x["loss"]) for x in train["loss_steps"])
     assert train["mfu"] > 0 and train["hfu"] > train["mfu"]  # checkpointing recomputes
+    # the same steps with the loss from the answer positions' logits only (answer_loss): the same losses
+    answer = json.loads((out / "hf-gc-b16.json").read_text())
+    assert answer["status"] == "ok" and len(answer["loss_steps"]) == 3
+    np.testing.assert_allclose([x["loss"] for x in answer["loss_steps"]], [x["loss"] for x in train["loss_steps"]],
+                               rtol=1e-5)
     ref, fast = (json.loads((out / f"{n}.json").read_text()) for n in ("ref-score-b32", "score-w4-merge-b32"))
     # the same adapter (B drawn non-zero) merged, batches from 2 worker processes: P(ACCEPT) equal to fp32 rounding
     assert fast["status"] == "ok" and fast["settings"] == {"workers": 2, "prefetch": False, "merge_adapter": True, "compile": False,
@@ -172,5 +177,5 @@ def test_the_tables_default_rows_are_params_yaml():
     assert {k: params["train"][k] for k in train["train"]} == {**train["train"], "backend": params["train"]["backend"]}
     assert train["backend"] == "unsloth" and params["train"]["backend"] == "auto"  # auto picks unsloth on a GPU
     assert train["micro_batch_size"] == 16 and params["train"]["micro_batch_size"] == "auto"  # found on an H200
-    assert train["lora"] == {} and train["ahead"]
+    assert train["lora"] == {} and train["ahead"] and train["head"] == "answer" and train["env"] == {}
     assert {bench.DEFAULT_TRAIN, bench.DEFAULT_SCORE, "ref-unsloth4-b32", "ref-score-b32"} <= set(bench.TABLE)

@@ -166,26 +166,29 @@ def training_micro_batch(model, processor, prompt, image_size: int, max_length: 
                          where: str, print_fn=print) -> int:
     """train.micro_batch_size auto: the largest divisor of the per-GPU effective batch whose step fits.
 
-    The step is a forward with labels and a backward under bf16 autocast, as the Trainer runs it; the
+    The step is the Trainer's: the answer-positions loss (answer_loss) and a backward under bf16 autocast; the
     random state is put back afterwards, so a run that searched and one that remembered train alike.
     """
     import torch
 
+    from maskgate.model import answer_loss
     from maskgate.model.batching import training_batch
 
     def step(size):
         batch = training_batch(processor, prompt, worst_case_examples(processor, prompt, image_size, max_length, size),
-                               max_length).to(model.device)
+                               max_length)
+        batch[answer_loss.KEY] = answer_loss.positions(batch["labels"])
         try:
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = model(**batch).loss
+                loss, _ = answer_loss.loss(model, batch.to(model.device))
             loss.backward()
         finally:
             model.zero_grad(set_to_none=True)
 
     cpu, cuda = torch.random.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     try:
-        memory = {**settings, "image_size": image_size, "max_length": max_length,
+        # "loss": sizes found while the loss made every position's logits (before answer_loss) are not reused
+        memory = {**settings, "image_size": image_size, "max_length": max_length, "loss": "answer positions",
                   "params": sum(p.numel() for p in model.parameters())}
         return find("train", memory, divisors(effective), step, where, print_fn)
     finally:

@@ -27,7 +27,6 @@ def cuda_available() -> bool:
 
 
 def import_unsloth() -> bool:
-    os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")  # else Unsloth returns empty logits when labels are passed (scoring reads them)
     try:
         import unsloth  # noqa: F401  (imported for its patches, before transformers)
     except ImportError:

@@ -16,9 +16,8 @@ on the answer token(s) only and checks lengths instead of truncating (TRL's defa
 damage). ``train.max_text_tokens`` budgets the text (prompt text + answer); the image tokens of a
 ``render.size`` image are added on top, so changing the render size never needs a second knob.
 
-The loss is the mean cross-entropy of the answer token(s). TRL 1.15's SFTTrainer computes it with a
-Triton kernel (its fused LM head) that has no CPU driver, so off CUDA the Trainer subclass here takes
-transformers' own loss of the model on the same labels; on CUDA TRL's (or Unsloth's) runs unchanged.
+The loss is the mean cross-entropy of the answer token(s), from the logits of the answer positions only
+(``answer_loss``): the same on every backend and device, and no [batch, positions, vocabulary] logits.
 """
 from __future__ import annotations
 
@@ -160,7 +159,8 @@ def check_prompt(dataset, prompt, split: str) -> None:
 
 
 class Collator:
-    """Shard rows -> a training batch: answer-only labels, length check, no truncation (batching.training_batch).
+    """Shard rows -> a training batch: answer-only labels, length check, no truncation (batching.training_batch),
+    and the positions whose logits the loss reads (answer_loss.positions).
 
     With `ahead` (scoring.Ahead) each batch also carries the language model's position ids and the vision
     tower's tables, made here on the CPU (in the loader's workers) by the library's own functions, so the
@@ -173,7 +173,10 @@ class Collator:
     def __call__(self, rows: list[dict]):
         from maskgate.model.batching import to_example, training_batch  # torch: once the backend is chosen
 
+        from maskgate.model import answer_loss
+
         batch = training_batch(self.processor, self.prompt, [to_example(r) for r in rows], self.max_length)
+        batch[answer_loss.KEY] = answer_loss.positions(batch["labels"])
         return batch if self.ahead is None else self.ahead(batch)
 
 
@@ -201,8 +204,8 @@ def trainer_class(base):
     AUROC comes from scoring.score: the same one-pass P(ACCEPT) the evaluate stage uses.
     """
     from sklearn.metrics import roc_auc_score
-    from transformers import Trainer
 
+    from maskgate.model import answer_loss
     from maskgate.model.batching import to_example
     from maskgate.model.scoring import score
     from maskgate.prompt import gate_label
@@ -234,11 +237,13 @@ def trainer_class(base):
                 torch.load = load
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            # TRL 1.15 computes the loss with a Triton kernel (its fused LM head), which has no CPU driver:
-            # off CUDA, take transformers' own loss (the model's cross-entropy over the same answer labels).
-            if self.args.device.type != "cuda":
-                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # Not the library's loss: it made every position's logits on the Unsloth path (answer_loss.py says why).
+            # The rest is Trainer.compute_loss's: with num_items_in_batch the loss is already a share of the
+            # accumulated batch, scaled back up by the processes that average the gradients.
+            loss, outputs = answer_loss.loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            return (loss, outputs) if return_outputs else loss
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             metrics = super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
