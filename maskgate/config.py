@@ -142,6 +142,7 @@ class Train:
     dataloader_workers: Int
     cpu_threads: Int
     batched_vision: Bool
+    last_layer_at_answer: Bool
 
     def __post_init__(self):
         if self.micro_batch_size != "auto" and self.micro_batch_size < 1:

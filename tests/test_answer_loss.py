@@ -25,6 +25,19 @@ def model_and_batch(tiny_qwen3vl_dir, verifier_prompt):
     return model, batch
 
 
+def equal_lengths(processor, prompt, answer_tokens):
+    """Rows of one length (no padding: the model passes no mask, sdpa would take its causal flag), answers of
+    1 or 2 tokens: one kept position that is not the last, or two."""
+    examples = [Example(noise_image(64, seed=i), "thing big", prompt.answers[i % 2]) for i in range(3)]
+    batch = training_batch(processor, prompt, examples, max_length=10_000)
+    assert bool(batch["attention_mask"].all())
+    if answer_tokens == 2:
+        last = batch["labels"].shape[1] - 1
+        batch["labels"][:, last - 1] = batch["input_ids"][:, last - 1]
+    assert len(answer_loss.positions(batch["labels"])) == answer_tokens
+    return batch
+
+
 def test_positions_are_every_rows_label_positions_less_one():
     labels = torch.full((3, 9), IGNORE_INDEX)
     labels[0, 4], labels[1, 6:8], labels[2, 8] = 5, 6, 7
@@ -51,3 +64,34 @@ def test_loss_and_gradients_equal_the_models_own(model_and_batch, num_items):
     assert len(grads) > 10
     for name, a, b in grads:
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("answer_tokens", [None, 1, 2], ids=["padded", "one-length-1", "one-length-2"])
+def test_the_last_layer_at_the_answer_positions_gives_the_same_loss_and_gradients(answer_tokens, model_and_batch,
+                                                                                   tiny_qwen3vl_dir, verifier_prompt):
+    """train.last_layer_at_answer: the last decoder layer computes only the kept positions, in training too."""
+    from maskgate.model.last_layer import last_layer_at_answer
+    from maskgate.model.speedups import decoder_layers
+
+    model, batch = model_and_batch
+    if answer_tokens:  # rows of one length
+        batch = equal_lengths(M.load(tiny_qwen3vl_dir)[1], verifier_prompt, answer_tokens)
+    inputs = {**batch, answer_loss.KEY: answer_loss.positions(batch["labels"])}
+    plain, fast = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    assert last_layer_at_answer(fast, "test", print_fn=lambda *_: None)
+    rows = []
+    decoder_layers(fast)[-1].mlp.register_forward_hook(lambda m, a, out: rows.append(out.shape[1]))
+
+    expected, _ = answer_loss.loss(plain, inputs)
+    expected.backward()
+    got, _ = answer_loss.loss(fast, inputs)
+    got.backward()
+    kept = len(inputs[answer_loss.KEY])
+    assert rows == [kept] and kept < batch["input_ids"].shape[1] // 4  # the last layer's MLP ran on the kept rows
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+    fast(**batch)  # no logits_to_keep: every position's logits, the library's layer
+    assert rows[-1] == batch["input_ids"].shape[1]

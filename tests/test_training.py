@@ -223,6 +223,27 @@ def test_batched_vision_trains_bitwise_like_the_library_path(straight, rendered,
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_the_last_layer_at_the_answer_positions_trains_like_every_position(rendered, tmp_path):
+    """train.last_layer_at_answer changes speed only: the same losses and adapter, to rounding (fewer rows summed).
+
+    LoRA dropout off here: with it the last layer draws its masks for the kept rows only, the same distribution
+    but other draws, so the two runs would differ by their dropout, not by the layer."""
+    import numpy as np
+    import torch
+
+    lora = {**tiny_train()["lora"], "dropout": 0.0}
+    kept = run(tiny_params(lora=lora), rendered, tmp_path / "kept")
+    every = run(tiny_params(lora=lora, last_layer_at_answer=False), rendered, tmp_path / "every")
+    assert every["train_loss"] == pytest.approx(kept["train_loss"], rel=1e-5)
+    loss = "live/plots/metrics/train/loss.tsv"
+    ours, theirs = ([float(line.split("\t")[-1]) for line in (tmp_path / run_ / loss).read_text().splitlines()[1:]]
+                    for run_ in ("kept", "every"))
+    assert len(ours) > 2
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    ours, theirs = adapter_weights(tmp_path / "kept"), adapter_weights(tmp_path / "every")
+    assert ours.keys() == theirs.keys() and all(torch.allclose(ours[k], theirs[k], rtol=1e-4, atol=1e-6) for k in ours)
+
+
 def test_ids_and_tables_made_ahead_train_bitwise_like_the_models_own(rendered, tmp_path, monkeypatch):
     """The collator's position ids and vision tables (scoring.Ahead) change speed only: same losses, same adapter."""
     import torch

@@ -135,7 +135,7 @@ def load_model(cfg: Train, preset: str, seed: int, backend: str, base: Base, dev
             **({"modules_to_save": list(lora.modules_to_save)} if lora.modules_to_save else {}),
         )
         FastVisionModel.for_training(model)
-        return batched_vision(model, cfg), M.set_image_bounds(processor)
+        return speed_settings(model, cfg), M.set_image_bounds(processor)
 
     from peft import get_peft_model
 
@@ -145,15 +145,20 @@ def load_model(cfg: Train, preset: str, seed: int, backend: str, base: Base, dev
     model = get_peft_model(model, lora_config(lora))
     if gradient_checkpointing(cfg, preset):
         model.enable_input_require_grads()
-    return batched_vision(model, cfg), processor
+    return speed_settings(model, cfg), processor
 
 
-def batched_vision(model, cfg: Train):
-    """train.batched_vision: the frozen vision tower's attention batched over images (maskgate/model/vision.py)."""
+def speed_settings(model, cfg: Train):
+    """train.batched_vision: the frozen vision tower's attention batched over images (maskgate/model/vision.py);
+    train.last_layer_at_answer: the last decoder layer at the answer positions only (maskgate/model/last_layer.py)."""
     if cfg.batched_vision:
         from maskgate.model.vision import batch_vision_attention
 
         batch_vision_attention(model, "train")
+    if cfg.last_layer_at_answer:
+        from maskgate.model.last_layer import last_layer_at_answer
+
+        last_layer_at_answer(model, "train")
     return model
 
 
