@@ -132,6 +132,8 @@ CONFIGS = {
     "unsloth16-nogc-bv-w4-d0-b16": train_cfg("unsloth", 16, gc=False, workers=4, bv=True, lora={"dropout": 0.0}),
     "unsloth16-nogc-bv-w4-ll-b16": train_cfg("unsloth", 16, gc=False, workers=4, bv=True, ll=True),
     "unsloth16-nogc-bv-w4-ll-auto": train_cfg("unsloth", "auto", gc=False, workers=4, bv=True, ll=True),
+    "unsloth16-nogc-bv-w4-d0-ll-auto": train_cfg("unsloth", "auto", gc=False, workers=4, bv=True, ll=True,
+                                                 lora={"dropout": 0.0}),
     "unsloth16-nogc-bv-w4-ll-b8": train_cfg("unsloth", 8, gc=False, workers=4, bv=True, ll=True),
     "unsloth16-nogc-bv-w4-b8": train_cfg("unsloth", 8, gc=False, workers=4, bv=True),
     "unsloth16-nogc-bv-w4-lib-b8": train_cfg("unsloth", 8, gc=False, workers=4, bv=True, head="library", env=LOGITS),
