@@ -171,8 +171,8 @@ CONFIGS = {
 # measured its Unsloth rows with every position's logits (maskgate set UNSLOTH_RETURN_LOGITS=1 then): its
 # reference is rerun so, as `ref-unsloth4-logits-b32`; `ref-unsloth4-b32` is the recipe as Unsloth ships it.
 DEFAULT_TRAIN, DEFAULT_SCORE = "unsloth16-nogc-bv-w4-ll-auto", "score-merge-compile-bv-cv-pf-ov-pm-ll-b64"
-TABLE = ["ref-unsloth4-b32", DEFAULT_TRAIN, "ref-score-b32", DEFAULT_SCORE, "score-merge-compile-b64",
-         "unsloth16-nogc-b16", "unsloth16-nogc-b8", "ref-unsloth4-logits-b32"]
+TABLE = ["ref-unsloth4-b32", DEFAULT_TRAIN, "ref-unsloth4-logits-b32", "ref-score-b32", DEFAULT_SCORE,
+         "score-merge-compile-b64", "unsloth16-nogc-b16", "unsloth16-nogc-b8"]
 SMOKE_CONFIGS = ["ref-hf-gc-b16", "ref-unsloth4-b32", "ref-score-b32", "hf-w4-nogc-b8", "score-w4-merge-b32",
                  "score-w6-merge-compile-b64"]
 REF_TRAIN, REF_LOSS, REF_SCORE = "ref-unsloth4-b32", "ref-hf-gc-b16", "ref-score-b32"
