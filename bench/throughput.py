@@ -4,6 +4,10 @@ One command on the GPU machine (after `. scripts/gpu_env.sh`):
 
     python3 bench/throughput.py --out bench/results/DATE-h100-throughput [--configs a,b,...] [--steps 5]
 
+(`--configs table`: the issue's table and the project's default rows. Micro-batch `auto` remembers its sizes in
+bench/cache/batch_sizes.json: copy it back from the GPU machine and commit it, and the next run on that card skips
+the search.)
+
 It makes its own data (demo scenes rendered at --size px through the project's prepare, negatives
 and render code; every query padded with filler words so each example is exactly --tokens tokens,
 617 by default: 441 image + 176 text), builds the random-8b preset (Qwen3-VL-8B's
@@ -210,7 +214,7 @@ def config_params(base: dict, cfg: dict, warmup: int, steps: int) -> dict:
 
 def text_budget(base: dict) -> int:
     """train.max_text_tokens that admits the bench's padded queries."""
-    return max(int(base["train"]["max_text_tokens"]), base["bench"]["text_tokens"] + 8)
+    return max(int(base["train"]["max_text_tokens"]), base.get("bench", {}).get("text_tokens", 0) + 8)
 
 
 def smoke_cfg(cfg: dict) -> dict:
@@ -349,13 +353,17 @@ def worker_build(args, spec) -> dict:
     return {"base": str(base), "build_s": round(time.time() - t, 1)}
 
 
-def wait_for_go(spec: dict, phases: dict) -> None:
-    """A prestarted worker (see main) has done its imports; it touches the GPU only once the one before has ended."""
-    if spec.get("go"):
-        go = Path(spec["go"])
-        while not go.exists():
-            time.sleep(0.05)
-        phase(phases, "go")
+def wait_for_go(spec: dict, phases: dict) -> dict:
+    """A prestarted worker (see main) has done its imports; it touches the GPU only once the one before has ended.
+
+    Its spec, read again: the first configuration starts before the data exist, with a provisional one."""
+    if not spec.get("go"):
+        return spec
+    go = Path(spec["go"])
+    while not go.exists():
+        time.sleep(0.05)
+    phase(phases, "go")
+    return json.loads(Path(spec["file"]).read_text())
 
 
 def library_head() -> None:
@@ -392,7 +400,8 @@ def worker_train(args, spec) -> dict:
 
     marks, losses, vision_autograd, phases = {}, [], set(), {}
     phase(phases, "imports")
-    wait_for_go(spec, phases)
+    spec = wait_for_go(spec, phases)
+    s, warmup, steps = settings(spec["params"]), spec["warmup"], spec["steps"]
     if spec.get("head") == "library":
         library_head()
     if not spec.get("ahead", True):
@@ -464,7 +473,7 @@ def worker_score(args, spec) -> dict:
 
     phases = {}
     phase(phases, "imports")
-    wait_for_go(spec, phases)
+    spec = wait_for_go(spec, phases)
     s = settings(spec["params"])
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
@@ -591,23 +600,36 @@ def start_worker(args, name: str, spec: dict, prestart: bool = False) -> dict:
     """Start one spec in a subprocess (its output to --out/NAME.log); finish_worker waits for it.
 
     prestart: the worker does its imports and then waits until `go(worker)`; its timeout counts from then."""
-    spec = {**spec, "go": str(args.out / f"{name}.go") if prestart else None}
+    spec_file = args.out / f"{name}.spec.json"
+    spec = {**spec, "go": str(args.out / f"{name}.go") if prestart else None, "file": str(spec_file)}
     if prestart:
         Path(spec["go"]).unlink(missing_ok=True)
-    spec_file = args.out / f"{name}.spec.json"
     spec_file.write_text(json.dumps(spec))
     log = args.out / f"{name}.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_file), "--out", str(args.out),
            "--preset", args.preset, "--size", str(args.size)]
     env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),
-           "TOKENIZERS_PARALLELISM": "false", **spec.get("env", {})}
+           "TOKENIZERS_PARALLELISM": "false", "MASKGATE_CACHE": str(args.cache), **spec.get("env", {})}
     f = log.open("w")
     proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    return {"name": name, "proc": proc, "log": log, "file": f, "started": time.time(), "go": spec["go"]}
+    return {"name": name, "proc": proc, "log": log, "file": f, "started": time.time(), "go": spec["go"],
+            "spec_file": str(spec_file)}
 
 
-def go(w: dict) -> dict:
-    """Let a prestarted worker go on to the GPU; its timeout counts from now."""
+def stop(pending: dict) -> None:
+    """End the workers started ahead that will not run."""
+    for w, _ in pending.values():
+        if w is not None:
+            w["proc"].kill()
+            w["proc"].wait()
+            w["file"].close()
+
+
+def go(w: dict, spec: dict | None = None) -> dict:
+    """Let a prestarted worker go on to the GPU (with `spec`, its final spec, if it started on a provisional one);
+    its timeout counts from now."""
+    if spec is not None:
+        Path(w["spec_file"]).write_text(json.dumps({**spec, "go": w["go"], "file": w["spec_file"]}))
     if w["go"]:
         Path(w["go"]).write_text("")
         w["started"] = time.time()
@@ -636,14 +658,16 @@ def finish_worker(args, w: dict, timeout: int) -> dict:
     return {"name": name, "status": status, "wall_s": round(time.time() - w["started"], 1), **result}
 
 
-def spec_for(args, name: str, cfg: dict, base: dict, rows: list[dict], model_dir: Path) -> dict:
-    """One configuration's worker spec (its data written), or {"failed": ...} if its params do not check."""
+def spec_for(args, name: str, cfg: dict, base: dict, rows: list[dict] | None, model_dir: Path) -> dict:
+    """One configuration's worker spec (its data written), or {"failed": ...} if its params do not check.
+
+    rows None (the data not made yet): a provisional spec, enough for its process to start and import."""
     batch = cfg["micro_batch_size"] if cfg["kind"] == "train" else cfg["batch_size"]
     if cfg["kind"] == "train":
         n = (args.warmup + args.steps + args.profile) * (AUTO_EFFECTIVE if batch == "auto" else batch)
     else:
         n = args.score_examples + args.score_warmup
-    rendered = write_rendered(rows, n, args.work / f"rendered-{n}")
+    rendered = None if rows is None else write_rendered(rows, n, args.work / f"rendered-{n}")
     if cfg["kind"] == "train":
         params = config_params(base, cfg, args.warmup, args.steps)
     else:
@@ -657,7 +681,7 @@ def spec_for(args, name: str, cfg: dict, base: dict, rows: list[dict], model_dir
         return {"failed": str(e)}
     shutil.rmtree(args.work / name, ignore_errors=True)  # checkpoints of an earlier run would be resumed from
     return {"kind": cfg["kind"], "params": params, "warmup": args.warmup, "steps": args.steps, "batch": batch,
-            "rendered": str(rendered), "model_dir": str(model_dir), "work": str(args.work / name),
+            "rendered": rendered and str(rendered), "model_dir": str(model_dir), "work": str(args.work / name),
             "examples": args.score_examples, "warmup_examples": args.score_warmup, "profile": args.profile,
             "vision_tables": cfg.get("vision_tables", True), "ahead": cfg.get("ahead", True),
             "head": cfg.get("head"), "env": cfg.get("env", {})}
@@ -742,6 +766,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="results: one JSON per configuration, results.jsonl, logs")
     ap.add_argument("--work", type=Path, default=Path("/tmp/maskgate-throughput"), help="data, model, checkpoints")
+    ap.add_argument("--cache", type=Path, default=ROOT / "bench" / "cache",
+                    help="where micro-batch `auto` remembers its sizes (MASKGATE_CACHE): bring batch_sizes.json back "
+                         "from a GPU run and commit it, and the next run on that card skips the search (a minute of a "
+                         "10-minute call)")
     ap.add_argument("--configs", default=None, help=f"comma-separated, from: {', '.join(CONFIGS)}; or `table`: "
                     f"{', '.join(TABLE)} (default: all)")
     ap.add_argument("--steps", type=int, default=None, help="measured steps (batches) per configuration (default 5)")
@@ -790,12 +818,6 @@ def main() -> int:
     # the data on the CPU: they share nothing, and one after the other they took about 75 s of a 10-minute call.
     build_params = json.loads(json.dumps(base))
     setup = start_worker(args, "setup", {"kind": "setup", "params": build_params, "model_dir": str(model_dir)})
-    t = time.time()
-    rows, facts = make_rows(args, base, args.work)
-    base["bench"] = {"text_tokens": facts["text_tokens"]}
-    print(f"data: {facts['base_rows']} rendered rows at {args.size} px, {facts['tokens']} tokens per training example "
-          f"({facts['image_tokens']} image), made in {time.time() - t:.0f} s", flush=True)
-
     env = {"device": None}
     try:
         import torch
@@ -804,6 +826,27 @@ def main() -> int:
         env = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__}
     except Exception as e:  # the bench still runs; the device is unknown
         cuda, env["device_error"] = False, str(e)
+
+    def runnable(name):
+        return not (CONFIGS[name].get("backend") == "unsloth" and not cuda)
+
+    # Each configuration's process starts while the one before it runs: it does its imports on the CPU (40 s for
+    # Unsloth's, 13-17 s for a scoring one, 2026-12-06 phases) and waits, and touches the GPU only once the one
+    # before has ended, so every timing is still its own and the call spends its 10 minutes on the GPU. The first
+    # one starts now, beside the setup, on a provisional spec (its data are not made yet).
+    pending = {}
+    first = next((n for n in names if runnable(n)), None)
+    if first:
+        provisional = spec_for(args, first, smoke_cfg(CONFIGS[first]) if args.smoke else CONFIGS[first], base, None,
+                               model_dir)
+        if "failed" not in provisional:
+            pending[first] = (start_worker(args, first, provisional, prestart=True), None)
+    t = time.time()
+    rows, facts = make_rows(args, base, args.work)
+    base["bench"] = {"text_tokens": facts["text_tokens"]}
+    print(f"data: {facts['base_rows']} rendered rows at {args.size} px, {facts['tokens']} tokens per training example "
+          f"({facts['image_tokens']} image), made in {time.time() - t:.0f} s", flush=True)
+
     built = finish_worker(args, setup, int(args.budget - (time.time() - started) - 30) if args.budget else 900)
     rate = {k: built.get(k) for k in ("matmul_n", "matmul_dtype", "bf16_flops_per_s")}
     rate["device"] = env["device"]
@@ -811,22 +854,17 @@ def main() -> int:
     print(f"setup: {built['status']} in {built['wall_s']} s: bf16 {fmt(bf16 and bf16 / 1e12, '.1f')} TFLOP/s; base model "
           f"{built.get('build_s', '-')} s", flush=True)
     if built["status"] != "ok":
+        stop(pending)
         return 1
 
     results = {}
     jsonl = args.out / "results.jsonl"
-    # Each configuration's process starts while the one before it runs: it does its imports on the CPU (40 s for
-    # Unsloth's, 13-17 s for a scoring one, 2026-12-06 phases) and waits, and touches the GPU only once the one
-    # before has ended, so every timing is still its own and the call spends its 10 minutes on the GPU.
-    def runnable(name):
-        return not (CONFIGS[name].get("backend") == "unsloth" and not cuda)
 
     def launch(name):
         cfg = smoke_cfg(CONFIGS[name]) if args.smoke else CONFIGS[name]
         spec = spec_for(args, name, cfg, base, rows, model_dir)
         return (None if "failed" in spec else start_worker(args, name, spec, prestart=True)), spec
 
-    pending = {}
     try:
         for i, name in enumerate(names):
             left = args.budget - (time.time() - started) - 20 if args.budget else args.timeout
@@ -837,11 +875,17 @@ def main() -> int:
                 r = {"name": name, "status": "skipped: Unsloth needs CUDA", "kind": cfg["kind"]}
             else:
                 w, spec = pending.pop(name, None) or launch(name)
+                final = None
+                if spec is None:  # started before the data were made: its spec now
+                    spec = final = spec_for(args, name, cfg, base, rows, model_dir)
+                    if "failed" in spec:
+                        stop({name: (w, None)})
+                        w = None
                 if w is None:
                     print(f"{name}: {spec['failed']}", flush=True)
                     r = {"name": name, "status": f"failed: {spec['failed']}", "kind": cfg["kind"]}
                 else:
-                    go(w)
+                    go(w, final)
                     following = next((n for n in names[i + 1:] if runnable(n)), None)
                     if following and following not in pending and following != name:
                         pending[following] = launch(following)
@@ -865,11 +909,7 @@ def main() -> int:
                 print("  phases (s since its process started): "
                       + ", ".join(f"{k} {v}" for k, v in r["phases"].items()), flush=True)
     finally:
-        for w, _ in pending.values():  # started ahead for a configuration the budget then left out
-            if w is not None:
-                w["proc"].kill()
-                w["proc"].wait()
-                w["file"].close()
+        stop(pending)  # started ahead for a configuration the budget then left out
     compare(results)
     for name, r in results.items():  # the JSONs again, now with the comparisons against the references
         if "examples_per_s" in r:
