@@ -2,8 +2,9 @@
 
 Why: the loss is on the answer token(s) (batching.py), one or two of ~617 positions per example at 672 px.
 A causal LM's forward makes the logits of every position: for Qwen3-VL-8B a [micro-batch, positions,
-151,936] product, about 8% of a training step's FLOPs once its backward is counted, and the cross-entropy
-then copies it to fp32 (tens of GB at micro-batch 16). Which library skipped that depended on the path:
+151,936] product, about 7% of a training step's FLOPs once its backward is counted, and the cross-entropy
+then copies it to fp32 (on an H100 at micro-batch 8: 1.046x the speed and 3.9 GiB less without them,
+docs/benchmarks.md). Which library skipped that depended on the path:
 TRL's SFTTrainer projects only labelled positions in its own compute_loss, Unsloth's trainer only while
 UNSLOTH_RETURN_LOGITS is unset. Here it does not depend on the library:
 
