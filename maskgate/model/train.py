@@ -171,9 +171,8 @@ class Collator:
         self.processor, self.prompt, self.max_length, self.ahead = processor, prompt, max_length, ahead
 
     def __call__(self, rows: list[dict]):
-        from maskgate.model.batching import to_example, training_batch  # torch: once the backend is chosen
-
-        from maskgate.model import answer_loss
+        from maskgate.model import answer_loss  # torch: once the backend is chosen
+        from maskgate.model.batching import to_example, training_batch
 
         batch = training_batch(self.processor, self.prompt, [to_example(r) for r in rows], self.max_length)
         batch[answer_loss.KEY] = answer_loss.positions(batch["labels"])
