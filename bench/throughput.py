@@ -171,9 +171,10 @@ CONFIGS = {
                                                            cv=True, overlap=True, pm=True, ll=True),
 }
 # The issue's table (its five rows: the references and the defaults of the time) and the project's default rows
-# (params.yaml's settings, micro-batch auto: 16 on an H200, 8 on an H100), in the order that keeps the references and defaults first if a 10-minute call runs short. The issue
-# measured its Unsloth rows with every position's logits (maskgate set UNSLOTH_RETURN_LOGITS=1 then): its
-# reference is rerun so, as `ref-unsloth4-logits-b32`; `ref-unsloth4-b32` is the recipe as Unsloth ships it.
+# (params.yaml's settings, micro-batch auto: 16 on an H200, 8 on an H100), in the order that keeps the references
+# and defaults first if a 10-minute call runs short. The issue measured its Unsloth rows with every position's
+# logits (maskgate set UNSLOTH_RETURN_LOGITS=1 then): its reference is rerun so, as `ref-unsloth4-logits-b32`;
+# `ref-unsloth4-b32` is the recipe as Unsloth ships it.
 DEFAULT_TRAIN, DEFAULT_SCORE = "unsloth16-nogc-bv-w4-ll-auto", "score-merge-compile-bv-cv-pf-ov-pm-ll-b64"
 TABLE = ["ref-unsloth4-b32", DEFAULT_TRAIN, "ref-unsloth4-logits-b32", "ref-score-b32", DEFAULT_SCORE,
          "score-merge-compile-b64", "unsloth16-nogc-b16", "unsloth16-nogc-b8"]
@@ -391,8 +392,8 @@ def library_head() -> None:
 def worker_train(args, spec) -> dict:
     from maskgate.model.backend import resolve_backend
 
-    s, warmup, steps = settings(spec["params"]), spec["warmup"], spec["steps"]
-    backend = resolve_backend(s.train, s.model.preset)  # before transformers: unsloth must patch it first
+    backend = resolve_backend(settings(spec["params"]).train, spec["params"]["model"]["preset"])  # before transformers:
+    # unsloth must patch it first (a prestarted worker's spec may be provisional: its backend is already final)
     import torch
     from transformers import TrainerCallback
 
