@@ -66,14 +66,18 @@ def test_loss_and_gradients_equal_the_models_own(model_and_batch, num_items):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("answer_tokens", [None, 1, 2], ids=["padded", "one-length-1", "one-length-2"])
-def test_the_last_layer_at_the_answer_positions_gives_the_same_loss_and_gradients(answer_tokens, model_and_batch,
-                                                                                   tiny_qwen3vl_dir, verifier_prompt):
+def test_the_last_layer_at_the_answer_positions_gives_the_same_loss_and_gradients(answer_tokens, attention,
+                                                                                   model_and_batch, tiny_qwen3vl_dir,
+                                                                                   verifier_prompt):
     """train.last_layer_at_answer: the last decoder layer computes only the kept positions, in training too."""
     from maskgate.model.last_layer import last_layer_at_answer
     from maskgate.model.speedups import decoder_layers
 
     model, batch = model_and_batch
+    model = copy.deepcopy(model)
+    model.set_attn_implementation(attention)
     if answer_tokens:  # rows of one length
         batch = equal_lengths(M.load(tiny_qwen3vl_dir)[1], verifier_prompt, answer_tokens)
     inputs = {**batch, answer_loss.KEY: answer_loss.positions(batch["labels"])}

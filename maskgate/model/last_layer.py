@@ -23,7 +23,7 @@ import torch
 
 from maskgate.model.speedups import decoder_layers
 
-IMPLEMENTATIONS = ("sdpa", "eager")  # they take a boolean mask of any shape; flash attention's is per row
+IMPLEMENTATIONS = ("sdpa", "eager")  # they take the model's 4-D mask, whose rows can be picked (flash: per row)
 
 
 def _kept_positions_forward(self, hidden_states, position_embeddings, attention_mask=None, position_ids=None,
@@ -35,8 +35,12 @@ def _kept_positions_forward(self, hidden_states, position_embeddings, attention_
     keep = self._maskgate_keep
     length = hidden_states.shape[1]
     attn = self.self_attn
+    implementation = attn.config._attn_implementation
+    # no mask means causal, which sdpa aligns to the first key, not to the kept rows: one is made for them (boolean,
+    # sdpa's kind), unless the only row is the last, which may see every key
+    make_mask = attention_mask is None and not (isinstance(keep, int) and keep == 1)
     if (past_key_values is not None or length == 1 or (isinstance(keep, int) and not 0 < keep < length)
-            or attn.config._attn_implementation not in IMPLEMENTATIONS):
+            or implementation not in IMPLEMENTATIONS or (make_mask and implementation != "sdpa")):
         return self._maskgate_all_positions(hidden_states, position_embeddings, attention_mask=attention_mask,
                                             position_ids=position_ids, past_key_values=past_key_values,
                                             use_cache=use_cache, **kwargs)
@@ -56,12 +60,10 @@ def _kept_positions_forward(self, hidden_states, position_embeddings, attention_
     query = query * cos[:, :, rows] + rotate_half(query) * sin[:, :, rows]
     if attention_mask is not None and attention_mask.ndim == 4:
         attention_mask = attention_mask[:, :, rows, :]  # the kept queries' rows: which keys each may see
-    elif not (isinstance(keep, int) and keep == 1):
-        # no mask means causal, which sdpa aligns to the first key, not to these rows; only the last row alone
-        # may see every key
+    elif make_mask:
         where = torch.arange(length, device=hidden_states.device)[rows]
         attention_mask = (torch.arange(length, device=where.device)[None, :] <= where[:, None])[None, None]
-    interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager_attention_forward)
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
     out, _ = interface(attn, query, key, value, attention_mask, scaling=attn.scaling, position_ids=position_ids,
                        dropout=attn.attention_dropout if self.training else 0.0, **kwargs)
     hidden = hidden_states[:, rows] + attn.o_proj(out.reshape(batch, kept.shape[1], -1).contiguous())
