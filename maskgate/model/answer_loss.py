@@ -29,6 +29,12 @@ def positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)
 
 
+def with_positions(batch):
+    """A training batch with KEY added: what `loss` reads, made where the batch is made (the collator, autobatch)."""
+    batch[KEY] = positions(batch["labels"])
+    return batch
+
+
 def loss(model, inputs: dict, num_items_in_batch=None):
     """(loss, outputs) of one training batch that carries `labels` and KEY; outputs.logits only at KEY."""
     from transformers.loss.loss_utils import ForCausalLMLoss

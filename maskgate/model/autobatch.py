@@ -175,9 +175,8 @@ def training_micro_batch(model, processor, prompt, image_size: int, max_length: 
     from maskgate.model.batching import training_batch
 
     def step(size):
-        batch = training_batch(processor, prompt, worst_case_examples(processor, prompt, image_size, max_length, size),
-                               max_length)
-        batch[answer_loss.KEY] = answer_loss.positions(batch["labels"])
+        batch = answer_loss.with_positions(training_batch(
+            processor, prompt, worst_case_examples(processor, prompt, image_size, max_length, size), max_length))
         try:
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss, _ = answer_loss.loss(model, batch.to(model.device))

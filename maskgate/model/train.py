@@ -174,8 +174,8 @@ class Collator:
         from maskgate.model import answer_loss  # torch: once the backend is chosen
         from maskgate.model.batching import to_example, training_batch
 
-        batch = training_batch(self.processor, self.prompt, [to_example(r) for r in rows], self.max_length)
-        batch[answer_loss.KEY] = answer_loss.positions(batch["labels"])
+        batch = answer_loss.with_positions(
+            training_batch(self.processor, self.prompt, [to_example(r) for r in rows], self.max_length))
         return batch if self.ahead is None else self.ahead(batch)
 
 
