@@ -831,6 +831,9 @@ def main() -> int:
     def runnable(name):
         return not (CONFIGS[name].get("backend") == "unsloth" and not cuda)
 
+    def config_of(name):  # the configuration this run measures: the CPU check's at batch 2
+        return smoke_cfg(CONFIGS[name]) if args.smoke else CONFIGS[name]
+
     # Each configuration's process starts while the one before it runs: it does its imports on the CPU (40 s for
     # Unsloth's, 13-17 s for a scoring one, 2026-12-06 phases) and waits, and touches the GPU only once the one
     # before has ended, so every timing is still its own and the call spends its 10 minutes on the GPU. The first
@@ -838,8 +841,7 @@ def main() -> int:
     pending = {}
     first = next((n for n in names if runnable(n)), None)
     if first:
-        provisional = spec_for(args, first, smoke_cfg(CONFIGS[first]) if args.smoke else CONFIGS[first], base, None,
-                               model_dir)
+        provisional = spec_for(args, first, config_of(first), base, None, model_dir)
         if "failed" not in provisional:
             pending[first] = (start_worker(args, first, provisional, prestart=True), None)
     t = time.time()
@@ -862,14 +864,13 @@ def main() -> int:
     jsonl = args.out / "results.jsonl"
 
     def launch(name):
-        cfg = smoke_cfg(CONFIGS[name]) if args.smoke else CONFIGS[name]
-        spec = spec_for(args, name, cfg, base, rows, model_dir)
+        spec = spec_for(args, name, config_of(name), base, rows, model_dir)
         return (None if "failed" in spec else start_worker(args, name, spec, prestart=True)), spec
 
     try:
         for i, name in enumerate(names):
             left = args.budget - (time.time() - started) - 20 if args.budget else args.timeout
-            cfg = smoke_cfg(CONFIGS[name]) if args.smoke else CONFIGS[name]
+            cfg = config_of(name)
             if left < 60:
                 r = {"name": name, "status": "not run: out of --budget", "kind": cfg["kind"]}
             elif not runnable(name):
