@@ -17,6 +17,7 @@ from maskgate.evaluation import metrics
 from maskgate.report import COMMENT_MARKER, ReportError, write_report
 from maskgate.utils.tables import write_json
 from tests.conftest import ROOT
+from tests.project import committed_params
 from tests.test_pipeline_dvc import sh
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -76,7 +77,7 @@ def pipeline_only(tmp: Path) -> Path:
     for f in ("dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
         (repo / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, repo / f)
-    (repo / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(committed_params())  # a clone's, not what scripts/demo.sh left in the working copy
     sh("git", "init", "-q", cwd=repo)
     sh(*GIT, "add", "-A", cwd=repo)
     sh(*GIT, "commit", "-qm", "copy", cwd=repo)
