@@ -42,8 +42,8 @@ Configurations (see CONFIGS; names starting `ref-` are the references of the iss
                      bv / cv = batched_vision / compile_vision, pf = prefetch, ov = overlap (ov0: overlap
                      without scoring.VisionTables, as before them); unsloth16-*-d0: train.lora.dropout 0;
                      unsloth16-*-ah0: the model makes its own position ids and vision tables (before scoring.Ahead);
-                     pm = evaluate.patch_matmul, ll = evaluate.last_layer_at_answer (train.last_layer_at_answer
-                     in a training row); -lib-: the library's loss, every position's logits (before answer_loss)
+                     pm = evaluate.patch_matmul, ll = evaluate.last_layer_at_answer (train.patch_matmul,
+                     train.last_layer_at_answer in a training row); -lib-: the library's loss, every position's logits (before answer_loss)
   table              the issue's table and the project's defaults in one run: `--configs table` (TABLE below)
 
 Predicted gains (before measuring; 617 tokens, H100; the training floor is about 40 examples/s and the
@@ -89,7 +89,7 @@ from maskgate import config  # noqa: E402  (pydantic and yaml only: nothing that
 
 
 def train_cfg(backend="hf", mb=16, gc=True, workers=0, four_bit=False, bv=False, lora=None, ahead=True,
-              head="answer", env=None, ll=False) -> dict:
+              head="answer", env=None, ll=False, pm=False) -> dict:
     """A training configuration: its keys of params.yaml's `train` section (mb "auto": train.micro_batch_size auto),
     lora: keys of `train.lora` changed. Not params keys, to measure the project's path against what came before in
     one run: ahead=False, the model makes its own position ids and vision tables (before scoring.Ahead);
@@ -98,7 +98,7 @@ def train_cfg(backend="hf", mb=16, gc=True, workers=0, four_bit=False, bv=False,
     return {"kind": "train", "backend": backend, "micro_batch_size": mb, "lora": lora or {}, "ahead": ahead,
             "head": head, "env": env or {}, "train": {
                 "backend": backend, "gradient_checkpointing": gc, "dataloader_workers": workers,
-                "load_in_4bit": four_bit, "batched_vision": bv, "last_layer_at_answer": ll}}
+                "load_in_4bit": four_bit, "batched_vision": bv, "patch_matmul": pm, "last_layer_at_answer": ll}}
 
 
 def score_cfg(batch=32, workers=0, merge=False, compile_=False, bv=False, prefetch=False, cv=False, overlap=False,
@@ -136,6 +136,7 @@ CONFIGS = {
     "unsloth16-nogc-bv-w4-d0-b16": train_cfg("unsloth", 16, gc=False, workers=4, bv=True, lora={"dropout": 0.0}),
     "unsloth16-nogc-bv-w4-ll-b16": train_cfg("unsloth", 16, gc=False, workers=4, bv=True, ll=True),
     "unsloth16-nogc-bv-w4-ll-auto": train_cfg("unsloth", "auto", gc=False, workers=4, bv=True, ll=True),
+    "unsloth16-nogc-bv-w4-pm-ll-auto": train_cfg("unsloth", "auto", gc=False, workers=4, bv=True, ll=True, pm=True),
     "unsloth16-nogc-bv-w4-d0-ll-auto": train_cfg("unsloth", "auto", gc=False, workers=4, bv=True, ll=True,
                                                  lora={"dropout": 0.0}),
     "unsloth16-nogc-bv-w4-ll-b8": train_cfg("unsloth", 8, gc=False, workers=4, bv=True, ll=True),
@@ -175,7 +176,7 @@ CONFIGS = {
 # and defaults first if a 10-minute call runs short. The issue measured its Unsloth rows with every position's
 # logits (maskgate set UNSLOTH_RETURN_LOGITS=1 then): its reference is rerun so, as `ref-unsloth4-logits-b32`;
 # `ref-unsloth4-b32` is the recipe as Unsloth ships it.
-DEFAULT_TRAIN, DEFAULT_SCORE = "unsloth16-nogc-bv-w4-ll-auto", "score-merge-compile-bv-cv-pf-ov-pm-ll-b64"
+DEFAULT_TRAIN, DEFAULT_SCORE = "unsloth16-nogc-bv-w4-pm-ll-auto", "score-merge-compile-bv-cv-pf-ov-pm-ll-b64"
 TABLE = ["ref-unsloth4-b32", DEFAULT_TRAIN, "ref-unsloth4-logits-b32", "ref-score-b32", DEFAULT_SCORE,
          "score-merge-compile-b64", "unsloth16-nogc-b16", "unsloth16-nogc-b8"]
 SMOKE_CONFIGS = ["ref-hf-gc-b16", "ref-unsloth4-b32", "ref-score-b32", "hf-w4-nogc-b8", "score-w4-merge-b32",

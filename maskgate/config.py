@@ -142,6 +142,7 @@ class Train:
     dataloader_workers: Int
     cpu_threads: Int
     batched_vision: Bool
+    patch_matmul: Bool
     last_layer_at_answer: Bool
 
     def __post_init__(self):

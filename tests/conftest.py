@@ -35,7 +35,7 @@ def tiny_train(**changes) -> dict:
             "lr_scheduler": "linear", "weight_decay": 0.0, "max_grad_norm": 1.0, "max_text_tokens": 64, "lora": lora,
             "gradient_checkpointing": False, "load_in_4bit": False, "save_steps": 2, "keep_checkpoints": 2,
             "eval_steps": 3, "eval_examples": 8, "logging_steps": 1, "dataloader_workers": 0, "cpu_threads": 0,
-            "batched_vision": True, "last_layer_at_answer": True, **changes}
+            "batched_vision": True, "patch_matmul": True, "last_layer_at_answer": True, **changes}
 
 
 @pytest.fixture

@@ -244,6 +244,37 @@ def test_the_last_layer_at_the_answer_positions_trains_like_every_position(rende
     assert ours.keys() == theirs.keys() and all(torch.allclose(ours[k], theirs[k], rtol=1e-4, atol=1e-6) for k in ours)
 
 
+def test_the_patch_embedding_as_a_matrix_product_trains_like_the_convolution(straight, rendered, tmp_path,
+                                                                             tiny_qwen3vl_dir):
+    """train.patch_matmul changes speed only: the same losses and adapter, to rounding (the frozen vision tower's
+    patch sums in another order). LoRA dropout stays on: the vision tower has no adapter, so no mask changes."""
+    import numpy as np
+    import torch
+
+    from maskgate.model import qwen as M
+    from maskgate.model import vision
+    from maskgate.model.base import speed_settings
+
+    def embed(model):
+        return next(m for m in model.modules() if type(m).__name__ == vision.PATCH_EMBED)
+
+    for on in (True, False):  # what the setting does to the model train builds
+        model, _ = M.load(tiny_qwen3vl_dir)
+        speed_settings(model, job(tiny_params(patch_matmul=on)).train)
+        assert getattr(embed(model), "_maskgate_patch_matmul", False) is on
+    reference_folder, reference = straight
+    assert tiny_params()["train"]["patch_matmul"] is True  # the straight run took the matrix product
+    conv = run(tiny_params(patch_matmul=False), rendered, tmp_path)
+    assert conv["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-5)
+    loss = "live/plots/metrics/train/loss.tsv"
+    ours, theirs = ([float(line.split("\t")[-1]) for line in (folder / loss).read_text().splitlines()[1:]]
+                    for folder in (reference_folder, tmp_path))
+    assert len(ours) > 2
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    ours, theirs = adapter_weights(reference_folder), adapter_weights(tmp_path)
+    assert ours.keys() == theirs.keys() and all(torch.allclose(ours[k], theirs[k], rtol=1e-4, atol=1e-6) for k in ours)
+
+
 def test_ids_and_tables_made_ahead_train_bitwise_like_the_models_own(rendered, tmp_path, monkeypatch):
     """The collator's position ids and vision tables (scoring.Ahead) change speed only: same losses, same adapter."""
     import torch

@@ -149,12 +149,17 @@ def load_model(cfg: Train, preset: str, seed: int, backend: str, base: Base, dev
 
 
 def speed_settings(model, cfg: Train):
-    """train.batched_vision: the frozen vision tower's attention batched over images (maskgate/model/vision.py);
-    train.last_layer_at_answer: the last decoder layer at the answer positions only (maskgate/model/last_layer.py)."""
+    """train.batched_vision: the frozen vision tower's attention batched over images, train.patch_matmul: its
+    patch embedding as one matrix product (maskgate/model/vision.py); train.last_layer_at_answer: the last decoder
+    layer at the answer positions only (maskgate/model/last_layer.py)."""
     if cfg.batched_vision:
         from maskgate.model.vision import batch_vision_attention
 
         batch_vision_attention(model, "train")
+    if cfg.patch_matmul:
+        from maskgate.model.vision import patch_embed_as_matmul
+
+        patch_embed_as_matmul(model, "train")
     if cfg.last_layer_at_answer:
         from maskgate.model.last_layer import last_layer_at_answer
 
