@@ -43,7 +43,8 @@ Configurations (see CONFIGS; names starting `ref-` are the references of the iss
                      without scoring.VisionTables, as before them); unsloth16-*-d0: train.lora.dropout 0;
                      unsloth16-*-ah0: the model makes its own position ids and vision tables (before scoring.Ahead);
                      pm = evaluate.patch_matmul, ll = evaluate.last_layer_at_answer (train.patch_matmul,
-                     train.last_layer_at_answer in a training row); -lib-: the library's loss, every position's logits (before answer_loss)
+                     train.last_layer_at_answer in a training row); -lib-: the library's loss, every position's
+                     logits (before answer_loss)
   table              the issue's table and the project's defaults in one run: `--configs table` (TABLE below)
 
 Predicted gains (before measuring; 617 tokens, H100; the training floor is about 40 examples/s and the

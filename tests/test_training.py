@@ -85,6 +85,20 @@ def adapter_weights(folder: Path) -> dict:
     return load_file(str(folder / "model" / "adapter" / "adapter_model.safetensors"))
 
 
+def assert_trained_alike(a: Path, b: Path):
+    """Two runs' logged losses and adapters equal to rounding (a setting that changes only the order of additions)."""
+    import numpy as np
+    import torch
+
+    loss = "live/plots/metrics/train/loss.tsv"
+    ours, theirs = ([float(line.split("\t")[-1]) for line in (folder / loss).read_text().splitlines()[1:]]
+                    for folder in (a, b))
+    assert len(ours) > 2
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    ours, theirs = adapter_weights(a), adapter_weights(b)
+    assert ours.keys() == theirs.keys() and all(torch.allclose(ours[k], theirs[k], rtol=1e-4, atol=1e-6) for k in ours)
+
+
 def test_auto_picks_hf_on_cpu_without_importing_unsloth_or_transformers(tmp_path):
     """In a fresh interpreter, as the train stage runs: no GPU here, so auto -> hf, unsloth never imported."""
     params = tmp_path / "p.yaml"
@@ -228,29 +242,17 @@ def test_the_last_layer_at_the_answer_positions_trains_like_every_position(rende
 
     LoRA dropout off here: with it the last layer draws its masks for the kept rows only, the same distribution
     but other draws, so the two runs would differ by their dropout, not by the layer."""
-    import numpy as np
-    import torch
-
     lora = {**tiny_train()["lora"], "dropout": 0.0}
     kept = run(tiny_params(lora=lora), rendered, tmp_path / "kept")
     every = run(tiny_params(lora=lora, last_layer_at_answer=False), rendered, tmp_path / "every")
     assert every["train_loss"] == pytest.approx(kept["train_loss"], rel=1e-5)
-    loss = "live/plots/metrics/train/loss.tsv"
-    ours, theirs = ([float(line.split("\t")[-1]) for line in (tmp_path / run_ / loss).read_text().splitlines()[1:]]
-                    for run_ in ("kept", "every"))
-    assert len(ours) > 2
-    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
-    ours, theirs = adapter_weights(tmp_path / "kept"), adapter_weights(tmp_path / "every")
-    assert ours.keys() == theirs.keys() and all(torch.allclose(ours[k], theirs[k], rtol=1e-4, atol=1e-6) for k in ours)
+    assert_trained_alike(tmp_path / "kept", tmp_path / "every")
 
 
 def test_the_patch_embedding_as_a_matrix_product_trains_like_the_convolution(straight, rendered, tmp_path,
                                                                              tiny_qwen3vl_dir):
     """train.patch_matmul changes speed only: the same losses and adapter, to rounding (the frozen vision tower's
     patch sums in another order). LoRA dropout stays on: the vision tower has no adapter, so no mask changes."""
-    import numpy as np
-    import torch
-
     from maskgate.model import qwen as M
     from maskgate.model import vision
     from maskgate.model.base import speed_settings
@@ -266,13 +268,7 @@ def test_the_patch_embedding_as_a_matrix_product_trains_like_the_convolution(str
     assert tiny_params()["train"]["patch_matmul"] is True  # the straight run took the matrix product
     conv = run(tiny_params(patch_matmul=False), rendered, tmp_path)
     assert conv["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-5)
-    loss = "live/plots/metrics/train/loss.tsv"
-    ours, theirs = ([float(line.split("\t")[-1]) for line in (folder / loss).read_text().splitlines()[1:]]
-                    for folder in (reference_folder, tmp_path))
-    assert len(ours) > 2
-    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
-    ours, theirs = adapter_weights(reference_folder), adapter_weights(tmp_path)
-    assert ours.keys() == theirs.keys() and all(torch.allclose(ours[k], theirs[k], rtol=1e-4, atol=1e-6) for k in ours)
+    assert_trained_alike(reference_folder, tmp_path)
 
 
 def test_ids_and_tables_made_ahead_train_bitwise_like_the_models_own(rendered, tmp_path, monkeypatch):
