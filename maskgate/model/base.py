@@ -149,21 +149,10 @@ def load_model(cfg: Train, preset: str, seed: int, backend: str, base: Base, dev
 
 
 def speed_settings(model, cfg: Train):
-    """train.batched_vision: the frozen vision tower's attention batched over images, train.patch_matmul: its
-    patch embedding as one matrix product (maskgate/model/vision.py); train.last_layer_at_answer: the last decoder
-    layer at the answer positions only (maskgate/model/last_layer.py)."""
-    if cfg.batched_vision:
-        from maskgate.model.vision import batch_vision_attention
+    """train.batched_vision, train.patch_matmul and train.last_layer_at_answer, as scoring applies them."""
+    from maskgate.model.speedups import vision_and_last_layer
 
-        batch_vision_attention(model, "train")
-    if cfg.patch_matmul:
-        from maskgate.model.vision import patch_embed_as_matmul
-
-        patch_embed_as_matmul(model, "train")
-    if cfg.last_layer_at_answer:
-        from maskgate.model.last_layer import last_layer_at_answer
-
-        last_layer_at_answer(model, "train")
+    vision_and_last_layer(model, cfg, "train")
     return model
 
 

@@ -109,6 +109,25 @@ def compile_decoder(model, device, where: str, print_fn=print) -> bool:
     return compile_layers(decoder_layers(model), "decoder layers", device, where, print_fn)
 
 
+def vision_and_last_layer(model, s, where: str, print_fn=print):
+    """The speed settings training and scoring share, in place: `s` is the train section or Scoring.
+    batched_vision: the vision tower's attention batched over images; patch_matmul: its patch embedding as one
+    matrix product (maskgate/model/vision.py); last_layer_at_answer: the last decoder layer at the answer positions
+    only (maskgate/model/last_layer.py)."""
+    if s.batched_vision:
+        from maskgate.model.vision import batch_vision_attention
+
+        batch_vision_attention(model, where, print_fn)
+    if s.patch_matmul:
+        from maskgate.model.vision import patch_embed_as_matmul
+
+        patch_embed_as_matmul(model, where, print_fn)
+    if s.last_layer_at_answer:
+        from maskgate.model.last_layer import last_layer_at_answer
+
+        last_layer_at_answer(model, where, print_fn)
+
+
 def for_scoring(model, s: Scoring, where: str = "scoring", print_fn=print):
     """The model (eval mode) with the speed settings of `s` applied; may be a new object."""
     from maskgate.model.verifier import is_quantized
@@ -122,18 +141,7 @@ def for_scoring(model, s: Scoring, where: str = "scoring", print_fn=print):
             model = model.merge_and_unload()
             print_fn(f"{where}: LoRA adapter merged into the base weights")
     model.eval()
-    if s.batched_vision:
-        from maskgate.model.vision import batch_vision_attention
-
-        batch_vision_attention(model, where, print_fn)
-    if s.patch_matmul:
-        from maskgate.model.vision import patch_embed_as_matmul
-
-        patch_embed_as_matmul(model, where, print_fn)
-    if s.last_layer_at_answer:  # before compiling, so the compiled layer is the changed one
-        from maskgate.model.last_layer import last_layer_at_answer
-
-        last_layer_at_answer(model, where, print_fn)
+    vision_and_last_layer(model, s, where, print_fn)  # before compiling, so the compiled layers are the changed ones
     if s.compile and quantized:
         print_fn(f"{where}: compile is not used on a 4-bit base; running eager")
     elif s.compile:
