@@ -572,19 +572,54 @@ class Profile:
             k = kernel_kind(e.name)
             kinds[k] = kinds.get(k, 0.0) + (e.time_range.end - e.time_range.start) / 1e6
         kernels = sorted((e.time_range.start, e.time_range.end) for e in events)
-        busy, end = 0.0, None
-        for start, stop in kernels:  # microseconds; merge overlapping intervals
+        busy, end, gaps = 0.0, None, []
+        for start, stop in kernels:  # microseconds; merge overlapping intervals, keep the holes between them
             if end is None or start > end:
+                if end is not None:
+                    gaps.append((start - end, end, start))
                 busy, end = busy + (stop - start), stop
             elif stop > end:
                 busy, end = busy + (stop - end), stop
+        cpu = [(e.time_range.start, e.time_range.end, e.name) for e in prof.events() if e.device_type.name == "CPU"]
         top = sorted((e for e in prof.key_averages() if e.self_device_time_total > 0),
                      key=lambda e: e.self_device_time_total, reverse=True)[:16]
         return {"wall_s": round(wall, 3), "gpu_busy_s": round(busy / 1e6, 3),
                 "gpu_busy_share": round(busy / 1e6 / wall, 3),
                 "by_kind": {k: round(v, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
                 "top": [{"name": e.key[:90], "gpu_s": round(e.self_device_time_total / 1e6, 4), "calls": e.count}
-                        for e in top]}
+                        for e in top],
+                "idle": idle_gaps(gaps, cpu, kernels[0][0] if kernels else 0.0)}
+
+
+def idle_gaps(gaps: list, cpu: list, t0: float, largest: int = 8, min_us: float = 100.0) -> dict:
+    """Where the GPU waited between its first and last kernel: the holes' sum and count, the largest ones, and
+    what the CPU was doing in them (the CPU ops overlapping each hole, by overlap; nested ops each count, so the
+    sums by name overlap: they say which calls the waits sit in, not a partition of the time).
+
+    gaps: (length, start, end) in microseconds; cpu: (start, end, name) of the profiler's CPU ops; t0: the first
+    kernel's start, so a hole's `at_ms` is its place in the window."""
+    import bisect
+
+    holes = sorted((g for g in gaps if g[0] >= min_us), key=lambda g: g[1])  # disjoint, so sorted by start and end
+    ends = [end for _, _, end in holes]
+    inside = [[] for _ in holes]  # per hole: (overlap us, CPU op name)
+    for s, e, name in cpu:  # a sweep: each op visits only the holes it overlaps
+        i = bisect.bisect_right(ends, s)
+        while i < len(holes) and holes[i][1] < e:
+            inside[i].append((min(e, holes[i][2]) - max(s, holes[i][1]), name))
+            i += 1
+    by_name: dict[str, float] = {}
+    for ops in inside:
+        for us, name in ops:
+            by_name[name] = by_name.get(name, 0.0) + us
+    top = sorted(range(len(holes)), key=lambda i: -holes[i][0])[:largest]
+    return {"holes_s": round(sum(g[0] for g in gaps) / 1e6, 4), "holes": len(gaps),
+            f"holes_over_{min_us:.0f}us": len(holes),
+            "largest": [{"ms": round(holes[i][0] / 1e3, 2), "at_ms": round((holes[i][1] - t0) / 1e3, 1),
+                         "cpu": [f"{n[:60]} {us / 1e3:.2f}" for us, n in sorted(inside[i], reverse=True)[:5]]}
+                        for i in top],
+            "cpu_ms_in_holes": {n[:60]: round(us / 1e3, 2)
+                                for n, us in sorted(by_name.items(), key=lambda kv: -kv[1])[:12]}}
 
 
 def worker_setup(args, spec) -> dict:
@@ -909,6 +944,11 @@ def main() -> int:
                 print(f"  profile: GPU busy {pr['gpu_busy_s']} s of {pr['wall_s']} s ({pr['gpu_busy_share']:.1%}); kernels by kind: "
                       + ", ".join(f"{k} {v} s" for k, v in pr.get("by_kind", {}).items()) + "; top: "
                       + "; ".join(f"{k['name'][:50]} {k['gpu_s']} s x{k['calls']}" for k in pr["top"][:6]), flush=True)
+                idle = pr.get("idle") or {}
+                if idle:
+                    print(f"  GPU idle between kernels: {idle['holes_s']} s in {idle['holes']} holes; largest (ms): "
+                          + ", ".join(str(h["ms"]) for h in idle["largest"]) + "; the CPU in the holes (ms): "
+                          + "; ".join(f"{k} {v}" for k, v in list(idle["cpu_ms_in_holes"].items())[:8]), flush=True)
             if r.get("phases"):
                 print("  phases (s since its process started): "
                       + ", ".join(f"{k} {v}" for k, v in r["phases"].items()), flush=True)

@@ -157,17 +157,23 @@ def test_throughput_bench_smoke(tmp_path):
     assert "ref-hf-gc-b16" in p.stdout and "MFU" in p.stdout
 
 
-def test_the_tables_default_rows_are_params_yaml():
-    """bench/throughput.py's `table` rows named as the defaults carry params.yaml's own speed settings."""
+def bench_module():
+    """bench/throughput.py as a module (it is a script, not part of the package)."""
     import importlib.util
-
-    import yaml
 
     spec = importlib.util.spec_from_file_location("throughput", ROOT / "bench" / "throughput.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_tables_default_rows_are_params_yaml():
+    """bench/throughput.py's `table` rows named as the defaults carry params.yaml's own speed settings."""
+    import yaml
 
     from tests.project import committed_params
+
+    bench = bench_module()
 
     params = yaml.safe_load(committed_params())  # what a clone runs (scripts/demo.sh changes the working copy's)
     score = bench.CONFIGS[bench.DEFAULT_SCORE]
@@ -179,3 +185,21 @@ def test_the_tables_default_rows_are_params_yaml():
     assert train["micro_batch_size"] == params["train"]["micro_batch_size"] == "auto"  # the card's own
     assert train["lora"] == {} and train["ahead"] and train["head"] == "answer" and train["env"] == {}
     assert {bench.DEFAULT_TRAIN, bench.DEFAULT_SCORE, "ref-unsloth4-b32", "ref-score-b32"} <= set(bench.TABLE)
+
+
+def test_the_profiles_idle_holes_name_what_the_cpu_did_in_them():
+    """The GPU's holes between kernels (microseconds), and the CPU ops that overlap each, by overlap."""
+    bench = bench_module()
+    gaps = [(50.0, 100.0, 150.0), (400.0, 1000.0, 1400.0), (2000.0, 3000.0, 5000.0)]  # (length, start, end)
+    cpu = [(0.0, 6000.0, "ProfilerStep"),          # around everything: in every hole
+           (900.0, 1200.0, "aten::item"),           # 200 of the 400 us hole
+           (2500.0, 4000.0, "DataLoader.__next__"),  # 1000 of the 2000 us hole
+           (3900.0, 4100.0, "aten::copy_"),         # inside the same hole, nested in the one above
+           (1500.0, 2900.0, "aten::mm")]            # between holes: in none
+    idle = bench.idle_gaps(gaps, cpu, t0=0.0, min_us=100.0)
+    assert idle["holes_s"] == pytest.approx(0.00245, abs=1e-4) and idle["holes"] == 3 and idle["holes_over_100us"] == 2
+    assert [h["ms"] for h in idle["largest"]] == [2.0, 0.4] and [h["at_ms"] for h in idle["largest"]] == [3.0, 1.0]
+    assert idle["largest"][0]["cpu"] == ["ProfilerStep 2.00", "DataLoader.__next__ 1.00", "aten::copy_ 0.20"]
+    assert idle["largest"][1]["cpu"] == ["ProfilerStep 0.40", "aten::item 0.20"]
+    assert idle["cpu_ms_in_holes"] == {"ProfilerStep": 2.4, "DataLoader.__next__": 1.0, "aten::item": 0.2,
+                                       "aten::copy_": 0.2}
