@@ -615,6 +615,7 @@ def idle_gaps(gaps: list, cpu: list, t0: float, largest: int = 8, min_us: float 
     top = sorted(range(len(holes)), key=lambda i: -holes[i][0])[:largest]
     return {"holes_s": round(sum(g[0] for g in gaps) / 1e6, 4), "holes": len(gaps),
             f"holes_over_{min_us:.0f}us": len(holes),
+            f"holes_over_{min_us:.0f}us_s": round(sum(g[0] for g in holes) / 1e6, 4),
             "largest": [{"ms": round(holes[i][0] / 1e3, 2), "at_ms": round((holes[i][1] - t0) / 1e3, 1),
                          "cpu": [f"{n[:60]} {us / 1e3:.2f}" for us, n in sorted(inside[i], reverse=True)[:5]]}
                         for i in top],
@@ -946,7 +947,8 @@ def main() -> int:
                       + "; ".join(f"{k['name'][:50]} {k['gpu_s']} s x{k['calls']}" for k in pr["top"][:6]), flush=True)
                 idle = pr.get("idle") or {}
                 if idle:
-                    print(f"  GPU idle between kernels: {idle['holes_s']} s in {idle['holes']} holes; largest (ms): "
+                    print(f"  GPU idle between kernels: {idle['holes_s']} s in {idle['holes']} holes ("
+                          f"{idle.get('holes_over_100us_s', '-')} s in the {idle['holes_over_100us']} over 0.1 ms); largest (ms): "
                           + ", ".join(str(h["ms"]) for h in idle["largest"]) + "; the CPU in the holes (ms): "
                           + "; ".join(f"{k} {v}" for k, v in list(idle["cpu_ms_in_holes"].items())[:8]), flush=True)
             if r.get("phases"):

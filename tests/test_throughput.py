@@ -198,6 +198,7 @@ def test_the_profiles_idle_holes_name_what_the_cpu_did_in_them():
            (1500.0, 2900.0, "aten::mm")]            # between holes: in none
     idle = bench.idle_gaps(gaps, cpu, t0=0.0, min_us=100.0)
     assert idle["holes_s"] == pytest.approx(0.00245, abs=1e-4) and idle["holes"] == 3 and idle["holes_over_100us"] == 2
+    assert idle["holes_over_100us_s"] == pytest.approx(0.0024, abs=1e-4)
     assert [h["ms"] for h in idle["largest"]] == [2.0, 0.4] and [h["at_ms"] for h in idle["largest"]] == [3.0, 1.0]
     assert idle["largest"][0]["cpu"] == ["ProfilerStep 2.00", "DataLoader.__next__ 1.00", "aten::copy_ 0.20"]
     assert idle["largest"][1]["cpu"] == ["ProfilerStep 0.40", "aten::item 0.20"]
