@@ -537,12 +537,12 @@ def kernel_kind(name: str) -> str:
         return "copy"
     if any(k in n for k in ("sdpa", "flash", "fmha", "attention")):
         return "attention"
+    if n.startswith("triton"):  # before conv: inductor names kernels after their ops, convert_element_type too
+        return "triton"  # inductor's fused elementwise and reductions
     if "conv" in n:
         return "conv"
     if any(k in n for k in ("gemm", "nvjet", "xmma", "cutlass", "matmul", "splitk")):
         return "gemm"
-    if n.startswith("triton"):
-        return "triton"  # inductor's fused elementwise and reductions
     return "other"  # eager elementwise, norms, casts, Unsloth's own kernels
 
 

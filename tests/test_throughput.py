@@ -204,3 +204,14 @@ def test_the_profiles_idle_holes_name_what_the_cpu_did_in_them():
     assert idle["largest"][1]["cpu"] == ["ProfilerStep 0.40", "aten::item 0.20"]
     assert idle["cpu_ms_in_holes"] == {"ProfilerStep": 2.4, "DataLoader.__next__": 1.0, "aten::item": 0.2,
                                        "aten::copy_": 0.2}
+
+
+def test_kernels_are_sorted_by_what_they_do():
+    """The profile's kinds, from real kernel names: inductor's casts are not convolutions."""
+    kind = bench_module().kernel_kind
+    assert kind("triton_poi_fused_convert_element_type_mul_3") == "triton"
+    assert kind("void implicit_convolveNd_sgemm<__nv_bfloat16, 3, 128, 6, 7, 3, 3, 5, 1, false, false, true") == "conv"
+    assert kind("nvjet_sm90_tst_256x152_64x4_2x1_v_bz_coopA_NNT") == "gemm"
+    assert kind("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x128_4x1x1_cga1x1") == "attention"
+    assert kind("Memcpy DtoD (Device -> Device)") == "copy"
+    assert kind("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>") == "other"
