@@ -576,7 +576,7 @@ class Profile:
         for start, stop in kernels:  # microseconds; merge overlapping intervals, keep the holes between them
             if end is None or start > end:
                 if end is not None:
-                    gaps.append((start - end, end, start))
+                    gaps.append((end, start))
                 busy, end = busy + (stop - start), stop
             elif stop > end:
                 busy, end = busy + (stop - end), stop
@@ -596,27 +596,28 @@ def idle_gaps(gaps: list, cpu: list, t0: float, largest: int = 8, min_us: float 
     what the CPU was doing in them (the CPU ops overlapping each hole, by overlap; nested ops each count, so the
     sums by name overlap: they say which calls the waits sit in, not a partition of the time).
 
-    gaps: (length, start, end) in microseconds; cpu: (start, end, name) of the profiler's CPU ops; t0: the first
-    kernel's start, so a hole's `at_ms` is its place in the window."""
+    gaps: (start, end) in microseconds, in time order and disjoint (as Profile.stop finds them); cpu: (start, end,
+    name) of the profiler's CPU ops; t0: the first kernel's start, so a hole's `at_ms` is its place in the window."""
     import bisect
 
-    holes = sorted((g for g in gaps if g[0] >= min_us), key=lambda g: g[1])  # disjoint, so sorted by start and end
-    ends = [end for _, _, end in holes]
+    holes = [(start, end) for start, end in gaps if end - start >= min_us]  # still in time order
+    ends = [end for _, end in holes]
     inside = [[] for _ in holes]  # per hole: (overlap us, CPU op name)
     for s, e, name in cpu:  # a sweep: each op visits only the holes it overlaps
         i = bisect.bisect_right(ends, s)
-        while i < len(holes) and holes[i][1] < e:
-            inside[i].append((min(e, holes[i][2]) - max(s, holes[i][1]), name))
+        while i < len(holes) and holes[i][0] < e:
+            inside[i].append((min(e, holes[i][1]) - max(s, holes[i][0]), name))
             i += 1
     by_name: dict[str, float] = {}
     for ops in inside:
         for us, name in ops:
             by_name[name] = by_name.get(name, 0.0) + us
-    top = sorted(range(len(holes)), key=lambda i: -holes[i][0])[:largest]
-    return {"holes_s": round(sum(g[0] for g in gaps) / 1e6, 4), "holes": len(gaps),
+    length = [end - start for start, end in holes]
+    top = sorted(range(len(holes)), key=lambda i: -length[i])[:largest]
+    return {"holes_s": round(sum(end - start for start, end in gaps) / 1e6, 4), "holes": len(gaps),
             f"holes_over_{min_us:.0f}us": len(holes),
-            f"holes_over_{min_us:.0f}us_s": round(sum(g[0] for g in holes) / 1e6, 4),
-            "largest": [{"ms": round(holes[i][0] / 1e3, 2), "at_ms": round((holes[i][1] - t0) / 1e3, 1),
+            f"holes_over_{min_us:.0f}us_s": round(sum(length) / 1e6, 4),
+            "largest": [{"ms": round(length[i] / 1e3, 2), "at_ms": round((holes[i][0] - t0) / 1e3, 1),
                          "cpu": [f"{n[:60]} {us / 1e3:.2f}" for us, n in sorted(inside[i], reverse=True)[:5]]}
                         for i in top],
             "cpu_ms_in_holes": {n[:60]: round(us / 1e3, 2)
@@ -948,7 +949,7 @@ def main() -> int:
                 idle = pr.get("idle") or {}
                 if idle:
                     print(f"  GPU idle between kernels: {idle['holes_s']} s in {idle['holes']} holes ("
-                          f"{idle.get('holes_over_100us_s', '-')} s in the {idle['holes_over_100us']} over 0.1 ms); largest (ms): "
+                          f"{idle['holes_over_100us_s']} s in the {idle['holes_over_100us']} over 0.1 ms); largest (ms): "
                           + ", ".join(str(h["ms"]) for h in idle["largest"]) + "; the CPU in the holes (ms): "
                           + "; ".join(f"{k} {v}" for k, v in list(idle["cpu_ms_in_holes"].items())[:8]), flush=True)
             if r.get("phases"):

@@ -190,7 +190,7 @@ def test_the_tables_default_rows_are_params_yaml():
 def test_the_profiles_idle_holes_name_what_the_cpu_did_in_them():
     """The GPU's holes between kernels (microseconds), and the CPU ops that overlap each, by overlap."""
     bench = bench_module()
-    gaps = [(50.0, 100.0, 150.0), (400.0, 1000.0, 1400.0), (2000.0, 3000.0, 5000.0)]  # (length, start, end)
+    gaps = [(100.0, 150.0), (1000.0, 1400.0), (3000.0, 5000.0)]  # (start, end): 50, 400 and 2000 us
     cpu = [(0.0, 6000.0, "ProfilerStep"),          # around everything: in every hole
            (900.0, 1200.0, "aten::item"),           # 200 of the 400 us hole
            (2500.0, 4000.0, "DataLoader.__next__"),  # 1000 of the 2000 us hole
